@@ -1,0 +1,32 @@
+"""gcnet_d2: GCNet (global context blocks) for Detectron2.
+
+``import gcnet_d2`` registers the backbones in detectron2's ``BACKBONE_REGISTRY``;
+``add_gcnet_config(cfg)`` adds the ``MODEL.GCNET`` keys.
+"""
+
+__version__ = "0.1.0"
+
+try:
+    import detectron2  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only without detectron2
+    raise ImportError(
+        "gcnet_d2 needs detectron2, which is not importable here. It is not on PyPI under its "
+        "own name: build it from source (https://detectron2.readthedocs.io) or run "
+        "`bash scripts/setup_env.sh` in a gcnet_d2 checkout (see README, Install)."
+    ) from e
+
+from . import data, modeling  # noqa: E402  (modeling registers the backbones)
+from .config import add_gcnet_config  # noqa: E402
+from .model_zoo import get_config, get_config_file, list_configs  # noqa: E402
+
+# The generated quick-start dataset, under default_synthetic_root(); generated on first use.
+data.register_synthetic_datasets()
+
+__all__ = [
+    "__version__",
+    "add_gcnet_config",
+    "get_config",
+    "get_config_file",
+    "list_configs",
+    "modeling",
+]

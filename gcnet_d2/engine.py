@@ -1,0 +1,95 @@
+"""``GCNetTrainer``: detectron2's DefaultTrainer with COCO evaluation and CPU multi-process.
+
+Two things differ from ``DefaultTrainer``:
+- evaluation uses ``COCOEvaluator`` and says which COCOeval it runs: detectron2's compiled one
+  when ``detectron2._C`` loads, pycocotools' otherwise (same AP, slower);
+- with several CPU processes (gloo), the model is wrapped in DistributedDataParallel without
+  ``device_ids`` (detectron2 passes the local rank, which torch accepts for CUDA modules only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+
+import detectron2.engine.defaults as d2_defaults
+import detectron2.utils.comm as comm
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from torch import nn
+
+from .data import ensure_synthetic_generated
+
+logger = logging.getLogger(__name__)
+
+
+def has_fast_coco_eval() -> bool:
+    """Whether detectron2's compiled COCOeval (``detectron2._C``) can be used."""
+    try:
+        from detectron2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def create_ddp_model(model: nn.Module, **kwargs: object) -> nn.Module:
+    """detectron2's ``create_ddp_model``, leaving ``device_ids`` unset for CPU modules."""
+    if comm.get_world_size() > 1 and "device_ids" not in kwargs:
+        param = next(model.parameters(), None)
+        if param is None or param.device.type == "cpu":
+            kwargs["device_ids"] = None
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+_d2_create_ddp_model = d2_defaults.create_ddp_model
+
+
+@contextlib.contextmanager
+def _cpu_aware_ddp() -> Iterator[None]:
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = _d2_create_ddp_model
+
+
+class GCNetTrainer(DefaultTrainer):
+    """DefaultTrainer for gcnet_d2 configs; see the module docstring for what differs."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        with _cpu_aware_ddp():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+    ) -> DatasetEvaluator:
+        if dataset_name.startswith("gcnet_synthetic"):
+            ensure_synthetic_generated(dataset_name)
+        fast = has_fast_coco_eval()
+        if not fast:
+            logger.info(
+                "detectron2's compiled extension is not available: evaluating with "
+                "pycocotools' COCOeval (same AP, slower)"
+            )
+        return COCOEvaluator(
+            dataset_name,
+            output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"),
+            use_fast_impl=fast,
+        )
+
+
+def write_results(output_dir: str, results: dict) -> str | None:
+    """Save final metrics as ``output_dir/final_results.json`` atomically (main process)."""
+    if not comm.is_main_process() or not results:
+        return None
+    path = os.path.join(output_dir, "final_results.json")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,28 @@
+"""Shared helpers for gcnet_d2's tests (CPU only, small inputs)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def table_config_names() -> list[str]:
+    """The 19 GCNet table configs shipped under configs/gcnet/."""
+    import gcnet_d2
+
+    return [n for n in gcnet_d2.list_configs() if n.startswith("gcnet/")]
