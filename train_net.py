@@ -16,12 +16,12 @@ from collections import OrderedDict
 
 import detectron2.utils.comm as comm
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 import gcnet_d2
+from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.engine import GCNetTrainer, write_results
 
 
@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> OrderedDict:
     cfg = setup(args)
     if args.eval_only:
         model = GCNetTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        GCNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = GCNetTrainer.test(cfg, model)

@@ -1,6 +1,8 @@
 """``GCNetTrainer``: detectron2's DefaultTrainer with COCO evaluation and CPU multi-process.
 
-Two things differ from ``DefaultTrainer``:
+Three things differ from ``DefaultTrainer``:
+- checkpoints go through :class:`~gcnet_d2.checkpoint.GCNetCheckpointer` (safe loading,
+  mmdetection checkpoints accepted as ``MODEL.WEIGHTS``);
 - evaluation uses ``COCOEvaluator`` and says which COCOeval it runs: detectron2's compiled one
   when ``detectron2._C`` loads, pycocotools' otherwise (same AP, slower);
 - with several CPU processes (gloo), the model is wrapped in DistributedDataParallel without
@@ -22,6 +24,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from torch import nn
 
+from .checkpoint import GCNetCheckpointer
 from .data import ensure_synthetic_generated
 
 logger = logging.getLogger(__name__)
@@ -49,19 +52,22 @@ _d2_create_ddp_model = d2_defaults.create_ddp_model
 
 
 @contextlib.contextmanager
-def _cpu_aware_ddp() -> Iterator[None]:
+def _gcnet_trainer_parts() -> Iterator[None]:
+    """DefaultTrainer.__init__ builds these two by module-level name; swap ours in for it."""
+    saved = d2_defaults.create_ddp_model, d2_defaults.DetectionCheckpointer
     d2_defaults.create_ddp_model = create_ddp_model
+    d2_defaults.DetectionCheckpointer = GCNetCheckpointer
     try:
         yield
     finally:
-        d2_defaults.create_ddp_model = _d2_create_ddp_model
+        d2_defaults.create_ddp_model, d2_defaults.DetectionCheckpointer = saved
 
 
 class GCNetTrainer(DefaultTrainer):
     """DefaultTrainer for gcnet_d2 configs; see the module docstring for what differs."""
 
     def __init__(self, cfg: CfgNode) -> None:
-        with _cpu_aware_ddp():
+        with _gcnet_trainer_parts():
             super().__init__(cfg)
 
     @classmethod
