@@ -48,7 +48,9 @@ def main(args: argparse.Namespace) -> OrderedDict:
     else:
         trainer = GCNetTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
+        trainer.train()
+        # EvalHook keeps the last evaluation here; train() returns it only with EXPECTED_RESULTS.
+        results = getattr(trainer, "_last_eval_results", None)
     results = OrderedDict(results or {})
     if comm.is_main_process() and results:
         verify_results(cfg, results)

@@ -1,0 +1,680 @@
+"""mmdetection reference models for the numerical parity tests (test support, not a test).
+
+mmdet 3.3 / mmengine 0.10.7 / mmcv-lite 2.1.0 (see ``requirements-parity.txt``) are used as
+the *reference* implementation. mmcv-lite ships the Python side of ``mmcv.ops`` but not the
+compiled extension ``mmcv._ext``, which every ``mmcv.ops`` module loads at import time (and
+``import mmdet.models`` imports ``mmcv.ops``). So the only thing that is really missing is
+``mmcv._ext``: :func:`install_mmcv_op_stubs` registers a stand-in for it whose three kernels
+that the GCNet models use at inference time are implemented on torchvision:
+
+* ``nms``                 -> ``torchvision.ops.nms`` (same greedy loop, IoU and ``>`` test as
+                             mmcv's ``nms_cpu``; mmcv's own score sort is kept so ties break the
+                             same way);
+* ``roi_align_forward``   -> ``torchvision.ops.roi_align`` (avg mode; both are the Caffe2/
+                             Detectron2 kernel: ``aligned`` shifts by -0.5, ``sampling_ratio<=0``
+                             is adaptive ``ceil(roi_size / output_size)``);
+* ``deform_conv_forward`` -> ``torchvision.ops.deform_conv2d`` (DCN v1; the offset layout is the
+                             same: per deformable group, ``[dy, dx]`` pairs in kernel raster order,
+                             out-of-image samples read 0).
+
+mmcv's real Python wrappers on top (``RoIAlign``, ``DeformConv2dPack`` registered as ``'DCN'``,
+``nms``/``batched_nms`` with their offset trick and ``split_thr``) stay in use, so the module
+attributes and state_dict keys (``conv2.weight``, ``conv2.conv_offset.weight|bias``) are mmcv's
+own. Every other ``mmcv._ext`` kernel raises ``NotImplementedError`` when *called*.
+
+Nothing here imports mmdet at module import time: tests call :func:`mmdet_available` and skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import importlib.util
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+MMDET_PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB
+MMDET_PIXEL_STD = (58.395, 57.12, 57.375)  # RGB
+
+KINDS = (
+    "mask_rcnn_r50_gc_r16",
+    "cascade_mask_rcnn_x101_gc_r4",
+    "cascade_mask_rcnn_x101_dcn_gc_r16",
+)
+
+_STUB_FLAG = "__gcnet_d2_torchvision_stub__"
+_UNAVAILABLE_REASON: str | None = None
+_AVAILABLE: bool | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# mmcv._ext stand-in
+# --------------------------------------------------------------------------------------------
+def _ext_nms(bboxes: Tensor, scores: Tensor, iou_threshold: float, offset: int = 0) -> Tensor:
+    """mmcv ``nms_cpu``: indices of kept boxes, in descending score order."""
+    import torchvision
+
+    if bboxes.numel() == 0:
+        return bboxes.new_zeros(0, dtype=torch.long)
+    # mmcv sorts with scores.sort(0, descending=True); keep that exact order (incl. ties) and
+    # give torchvision strictly decreasing ranks so it walks the boxes in the same order.
+    order = scores.sort(0, descending=True)[1]
+    boxes = bboxes[order].clone()
+    if offset:  # legacy "+1" box convention: w = x2 - x1 + offset
+        boxes[:, 2:4] += offset
+    ranks = -torch.arange(boxes.shape[0], dtype=boxes.dtype, device=boxes.device)
+    keep = torchvision.ops.nms(boxes, ranks, float(iou_threshold))
+    return order[keep]
+
+
+def _ext_roi_align_forward(
+    input: Tensor,  # mmcv's keyword names
+    rois: Tensor,
+    output: Tensor,
+    argmax_y: Tensor,
+    argmax_x: Tensor,
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    pool_mode: int,
+    aligned: bool,
+) -> None:
+    import torchvision
+
+    if pool_mode != 1:
+        raise NotImplementedError("torchvision stub of mmcv roi_align supports pool_mode='avg'")
+    out = torchvision.ops.roi_align(
+        input,
+        rois.to(input.dtype),
+        (int(aligned_height), int(aligned_width)),
+        spatial_scale=float(spatial_scale),
+        sampling_ratio=int(sampling_ratio),
+        aligned=bool(aligned),
+    )
+    output.copy_(out)
+
+
+def _ext_deform_conv_forward(
+    input: Tensor,
+    weight: Tensor,
+    offset: Tensor,
+    output: Tensor,
+    columns: Tensor,
+    ones: Tensor,
+    kW: int,  # noqa: N803 - mmcv's keyword names
+    kH: int,  # noqa: N803
+    dW: int,  # noqa: N803
+    dH: int,  # noqa: N803
+    padW: int,  # noqa: N803
+    padH: int,  # noqa: N803
+    dilationW: int,  # noqa: N803
+    dilationH: int,  # noqa: N803
+    group: int,
+    deformable_group: int,
+    im2col_step: int,
+) -> None:
+    import torchvision
+
+    assert weight.shape[2:] == (kH, kW)
+    assert input.shape[1] == weight.shape[1] * group, "groups mismatch"
+    assert offset.shape[1] == deformable_group * 2 * kH * kW, "deform_groups mismatch"
+    out = torchvision.ops.deform_conv2d(
+        input,
+        offset,
+        weight,
+        None,
+        stride=(dH, dW),
+        padding=(padH, padW),
+        dilation=(dilationH, dilationW),
+    )
+    output.copy_(out)
+
+
+def _make_ext_module() -> types.ModuleType:
+    mod = types.ModuleType("mmcv._ext")
+    mod.__doc__ = "torchvision stand-in for mmcv's compiled ops (tests/mmdet_reference.py)"
+    mod.nms = _ext_nms
+    mod.roi_align_forward = _ext_roi_align_forward
+    mod.deform_conv_forward = _ext_deform_conv_forward
+    setattr(mod, _STUB_FLAG, True)
+
+    def __getattr__(name: str) -> Any:  # noqa: N807 - module-level __getattr__
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def _missing(*args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError(f"mmcv._ext.{name} is not provided by the torchvision stub")
+
+        return _missing
+
+    mod.__getattr__ = __getattr__
+    return mod
+
+
+def install_mmcv_op_stubs() -> bool:
+    """Make ``import mmcv.ops`` (hence ``import mmdet.models``) work with mmcv-lite.
+
+    Idempotent. Returns True when the torchvision stand-in for ``mmcv._ext`` is in use, False
+    when mmcv is missing or a real compiled ``mmcv._ext`` exists (then nothing is touched).
+    """
+    existing = sys.modules.get("mmcv._ext")
+    if existing is not None:
+        return bool(getattr(existing, _STUB_FLAG, False))
+    if importlib.util.find_spec("mmcv") is None:
+        return False
+    if importlib.util.find_spec("mmcv._ext") is not None:
+        return False  # full mmcv with compiled ops
+    ext = _make_ext_module()
+    sys.modules["mmcv._ext"] = ext
+    import mmcv
+
+    mmcv._ext = ext
+    return True
+
+
+def mmdet_available() -> bool:
+    """True when mmdet 3.x can build the reference models here (cached)."""
+    global _AVAILABLE, _UNAVAILABLE_REASON
+    if _AVAILABLE is None:
+        try:
+            install_mmcv_op_stubs()
+            import mmdet
+
+            if not mmdet.__version__.startswith("3."):
+                raise ImportError(f"mmdet 3.x required, found {mmdet.__version__}")
+            importlib.import_module("mmdet.models")
+            _AVAILABLE = True
+        except Exception as e:  # any failure means: skip the parity tests
+            _AVAILABLE = False
+            _UNAVAILABLE_REASON = f"{type(e).__name__}: {e}"
+    return _AVAILABLE
+
+
+def mmdet_unavailable_reason() -> str:
+    """Skip reason for tests (empty when mmdet is available)."""
+    if mmdet_available():
+        return ""
+    return (
+        f"mmdet reference stack not usable ({_UNAVAILABLE_REASON}); install it with "
+        "`pip install --no-deps -r requirements-parity.txt` (see the header of that file)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# model configs (mmdet 3.x config dicts; recipes of configs/gcnet, cascade_rcnn, dcn, mask_rcnn)
+# --------------------------------------------------------------------------------------------
+def _gc_plugin(ratio: float) -> list[dict]:
+    return [
+        dict(
+            cfg=dict(type="ContextBlock", ratio=ratio),
+            stages=(False, True, True, True),
+            position="after_conv3",
+        )
+    ]
+
+
+def _delta_coder(stds: tuple[float, float, float, float]) -> dict:
+    return dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=list(stds))
+
+
+def _roi_extractor(output_size: int) -> dict:
+    return dict(
+        type="SingleRoIExtractor",
+        roi_layer=dict(type="RoIAlign", output_size=output_size, sampling_ratio=0),
+        out_channels=256,
+        featmap_strides=[4, 8, 16, 32],
+    )
+
+
+def _bbox_head(num_classes: int, stds: tuple, agnostic: bool, loss_bbox: dict) -> dict:
+    return dict(
+        type="Shared2FCBBoxHead",
+        in_channels=256,
+        fc_out_channels=1024,
+        roi_feat_size=7,
+        num_classes=num_classes,
+        bbox_coder=_delta_coder(stds),
+        reg_class_agnostic=agnostic,
+        loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+        loss_bbox=loss_bbox,
+    )
+
+
+def mmdet_model_cfg(kind: str, num_classes: int = 3, depth: int | None = None) -> dict:
+    """The mmdet 3.x ``model`` config dict of one GCNet reference model (no train_cfg)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    cascade = kind.startswith("cascade")
+    if cascade:
+        backbone = dict(
+            type="ResNeXt",
+            depth=101 if depth is None else depth,
+            groups=32,
+            base_width=4,
+            num_stages=4,
+            out_indices=(0, 1, 2, 3),
+            frozen_stages=1,
+            # gcnet/*syncbn*: SyncBN, norm_eval=False (nn.SyncBatchNorm runs on CPU in eval
+            # mode without a process group; in eval it is plain BN with running stats).
+            norm_cfg=dict(type="SyncBN", requires_grad=True),
+            norm_eval=False,
+            style="pytorch",
+            plugins=_gc_plugin(1.0 / 4 if kind.endswith("r4") else 1.0 / 16),
+        )
+        if "_dcn_" in kind:
+            backbone["dcn"] = dict(type="DCN", deform_groups=1, fallback_on_stride=False)
+            backbone["stage_with_dcn"] = (False, True, True, True)
+    else:
+        backbone = dict(
+            type="ResNet",
+            depth=50 if depth is None else depth,
+            num_stages=4,
+            out_indices=(0, 1, 2, 3),
+            frozen_stages=1,
+            norm_cfg=dict(type="BN", requires_grad=True),
+            norm_eval=True,
+            style="pytorch",
+            plugins=_gc_plugin(1.0 / 16),
+        )
+    rpn_loss_bbox = (
+        dict(type="SmoothL1Loss", beta=1.0 / 9.0, loss_weight=1.0)
+        if cascade
+        else dict(type="L1Loss", loss_weight=1.0)
+    )
+    mask_head = dict(
+        type="FCNMaskHead",
+        num_convs=4,
+        in_channels=256,
+        conv_out_channels=256,
+        num_classes=num_classes,
+        loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0),
+    )
+    if cascade:
+        smooth_l1 = dict(type="SmoothL1Loss", beta=1.0, loss_weight=1.0)
+        stage_stds = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
+        roi_head = dict(
+            type="CascadeRoIHead",
+            num_stages=3,
+            stage_loss_weights=[1, 0.5, 0.25],
+            bbox_roi_extractor=_roi_extractor(7),
+            bbox_head=[_bbox_head(num_classes, s, True, smooth_l1) for s in stage_stds],
+            mask_roi_extractor=_roi_extractor(14),
+            mask_head=mask_head,
+        )
+    else:
+        roi_head = dict(
+            type="StandardRoIHead",
+            bbox_roi_extractor=_roi_extractor(7),
+            bbox_head=_bbox_head(
+                num_classes, (0.1, 0.1, 0.2, 0.2), False, dict(type="L1Loss", loss_weight=1.0)
+            ),
+            mask_roi_extractor=_roi_extractor(14),
+            mask_head=mask_head,
+        )
+    return dict(
+        type="CascadeRCNN" if cascade else "MaskRCNN",
+        data_preprocessor=dict(
+            type="DetDataPreprocessor",
+            mean=list(MMDET_PIXEL_MEAN),
+            std=list(MMDET_PIXEL_STD),
+            bgr_to_rgb=True,
+            pad_mask=True,
+            pad_size_divisor=32,
+        ),
+        backbone=backbone,
+        neck=dict(type="FPN", in_channels=[256, 512, 1024, 2048], out_channels=256, num_outs=5),
+        rpn_head=dict(
+            type="RPNHead",
+            in_channels=256,
+            feat_channels=256,
+            anchor_generator=dict(
+                type="AnchorGenerator",
+                scales=[8],
+                ratios=[0.5, 1.0, 2.0],
+                strides=[4, 8, 16, 32, 64],
+            ),
+            bbox_coder=dict(
+                type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4
+            ),
+            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
+            loss_bbox=rpn_loss_bbox,
+        ),
+        roi_head=roi_head,
+        train_cfg=None,
+        test_cfg=dict(
+            rpn=dict(
+                nms_pre=1000,
+                max_per_img=1000,
+                nms=dict(type="nms", iou_threshold=0.7),
+                min_bbox_size=0,
+            ),
+            rcnn=dict(
+                score_thr=0.05,
+                nms=dict(type="nms", iou_threshold=0.5),
+                max_per_img=100,
+                mask_thr_binary=0.5,
+            ),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# building and random weights
+# --------------------------------------------------------------------------------------------
+def _fan_in(m: nn.Module, w: Tensor) -> int:
+    if isinstance(m, nn.ConvTranspose2d):  # weight (in, out/groups, kh, kw)
+        return w.shape[0] // m.groups * (w.shape[2] * w.shape[3]) // (m.stride[0] * m.stride[1])
+    return int(np.prod(w.shape[1:]))
+
+
+# Output std targets of the head layers that emit predictions; every other conv / linear
+# outside the backbone is scaled to unit output std.
+_CALIB_TARGETS = {"rpn_cls": 1.0, "rpn_reg": 0.5, "fc_cls": 1.5, "fc_reg": 1.0, "conv_logits": 2.0}
+
+
+def _calib_rois(g: torch.Generator, hw: tuple, n: int = 32) -> Tensor:
+    h, w = hw
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.5, h * 0.5]) + 8.0
+    x2y2 = torch.minimum(xy + wh, torch.tensor([w - 1.0, h - 1.0]))
+    return torch.cat([torch.zeros(n, 1), xy, x2y2], dim=1)
+
+
+@torch.no_grad()
+def randomize_weights_(model: nn.Module, seed: int = 0, calib_hw: tuple = (128, 160)) -> None:
+    """Seeded, non-trivial weights in place, so that every parameter and statistic matters.
+
+    1. every conv / linear / deconv / DCN weight ~ N(0, 2 / fan_in) (this also overwrites the
+       zero init of the GC block's last ``channel_add_conv`` conv), biases ~ U(-0.1, 0.1);
+       DCN ``conv_offset`` (zero-init in mmcv) gets N(0, 0.25 / fan_in) weights and U(-1, 1)
+       biases, i.e. fractional sampling offsets of order one pixel;
+       norm affine params (BN, GC LayerNorm): weight ~ U(0.5, 1.5) (U(0.1, 0.3) for the
+       ``bn3`` closing each bottleneck branch), bias ~ U(-0.2, 0.2);
+    2. one calibration pass on two seeded uniform-noise images (backbone, neck, RPN forward,
+       every RoI head stage on random rois of image 0) where
+       * BN layers use batch statistics with ``momentum=None``: their running mean / var are
+         replaced by these (non-trivial) statistics;
+       * each conv / linear outside the backbone, on its first call, has weight and bias
+         rescaled so that its output std hits a target (1, or ``_CALIB_TARGETS`` for the
+         prediction layers), its output rescaled the same way (exact for affine layers), so
+         activations stay O(1) and scores are well spread instead of saturated; the
+         prediction layers' biases also centre each output channel (logits of every class,
+         mask channel, objectness, delta) at zero on the calibration input.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def normal_(t: Tensor, std: float) -> None:
+        t.copy_(torch.randn(t.shape, generator=g) * std)
+
+    def uniform_(t: Tensor, lo: float, hi: float) -> None:
+        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+    bns, hooks, hooked, done = [], [], [], set()
+
+    def calib_hook(target: float, center: bool) -> Any:
+        def hook(mod: nn.Module, args: Any, out: Tensor) -> Tensor | None:
+            if mod in done:
+                return None
+            done.add(mod)
+            f = target / float(out.float().std().clamp_min(1e-6))
+            mod.weight.mul_(f)
+            if mod.bias is not None:
+                mod.bias.mul_(f)
+            out = out * f
+            if center:  # prediction layer: zero-mean per output channel (class / delta)
+                dims = [d for d in range(out.dim()) if d != 1]
+                mean = out.mean(dim=dims)
+                mod.bias.sub_(mean)
+                out = out - mean.view(1, -1, *([1] * (out.dim() - 2)))
+            return out
+
+        return hook
+
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        b = getattr(m, "bias", None)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm):
+            if w is not None:
+                # small gamma on the last BN of each residual branch keeps the residual stream
+                # (and so the statistics of unseen images) close to the calibration image's
+                uniform_(w, *((0.1, 0.3) if name.endswith(".bn3") else (0.5, 1.5)))
+            if b is not None:
+                uniform_(b, -0.2, 0.2)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                bns.append(m)
+        elif isinstance(w, nn.Parameter) and w.dim() >= 2:
+            fan_in = _fan_in(m, w)
+            if name.endswith("conv_offset"):
+                normal_(w, 0.5 / fan_in**0.5)
+                if b is not None:
+                    uniform_(b, -1.0, 1.0)
+                continue
+            normal_(w, (2.0 / fan_in) ** 0.5)
+            if isinstance(b, nn.Parameter):
+                uniform_(b, -0.1, 0.1)
+            if not name.startswith("backbone.") and isinstance(
+                m, nn.Conv2d | nn.Linear | nn.ConvTranspose2d
+            ):
+                leaf = name.rsplit(".", 1)[-1]
+                target = _CALIB_TARGETS.get(leaf, 1.0)
+                hooks.append(m.register_forward_hook(calib_hook(target, leaf in _CALIB_TARGETS)))
+                hooked.append((name, m))
+
+    model.eval()
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average == statistics of this single batch
+        m.train()
+    try:
+        # two seeded uniform-noise uint8 images, normalised the mmdet way (like test inputs)
+        img = torch.randint(0, 256, (2, 3, *calib_hw), generator=g).float()
+        mean = torch.tensor(MMDET_PIXEL_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(MMDET_PIXEL_STD).view(1, 3, 1, 1)
+        x = model.extract_feat((img - mean) / std)
+        model.rpn_head(x)
+        rois = _calib_rois(g, calib_hw)
+        rh = model.roi_head
+        if is_cascade(model):
+            for stage in range(rh.num_stages):
+                rh._bbox_forward(stage, x, rois)
+                rh._mask_forward(stage, x, rois)
+        else:
+            rh._bbox_forward(x, rois)
+            rh._mask_forward(x, rois)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        model.eval()
+    missed = [n for n, m in hooked if m not in done]
+    if missed:
+        raise RuntimeError(f"calibration pass did not reach: {missed}")
+
+
+def build_mmdet_model(
+    kind: str,
+    num_classes: int = 3,
+    seed: int = 0,
+    depth: int | None = None,
+    test_cfg: dict | None = None,
+) -> nn.Module:
+    """An mmdet 3.x detector of ``kind`` (see :data:`KINDS`), eval mode, CPU, seeded weights.
+
+    ``depth`` overrides the backbone depth (50 / 101 / 152) for faster CPU tests; the default
+    is the real architecture (R-50 for Mask R-CNN, X-101-32x4d for the cascades).
+    ``test_cfg`` (e.g. ``{"rcnn": {"max_per_img": 20}}``) is merged into the real test_cfg.
+    """
+    if not mmdet_available():
+        raise RuntimeError(mmdet_unavailable_reason())
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+
+    register_all_modules(init_default_scope=True)
+    cfg = mmdet_model_cfg(kind, num_classes=num_classes, depth=depth)
+    for stage, overrides in (test_cfg or {}).items():
+        cfg["test_cfg"][stage].update(overrides)
+    torch.manual_seed(seed)  # default-initialised leftovers (none expected) stay reproducible
+    model = MODELS.build(ConfigDict(copy.deepcopy(cfg)))
+    model.gcnet_d2_cfg = cfg  # plain attribute, for save_mmdet_checkpoint's meta
+    model.to("cpu")
+    randomize_weights_(model, seed=seed)
+    model.eval()
+    return model
+
+
+def save_mmdet_checkpoint(model: nn.Module, path: str, classes: tuple | None = None) -> None:
+    """Write ``{"state_dict": ..., "meta": ...}`` like mmdet's runners do (keys unchanged)."""
+    import mmcv
+    import mmdet
+    import mmengine
+
+    if classes is None:
+        head = model.roi_head.bbox_head
+        head = head[-1] if isinstance(head, nn.ModuleList) else head
+        classes = tuple(f"class{i}" for i in range(head.num_classes))
+    classes = tuple(classes)
+    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    meta = {
+        "mmdet_version": mmdet.__version__,
+        "mmengine_version": mmengine.__version__,
+        "mmcv_version": mmcv.__version__,
+        "CLASSES": classes,  # mmdet 2.x key
+        "dataset_meta": {"classes": classes},  # mmdet 3.x key
+        "config": repr(getattr(model, "gcnet_d2_cfg", None)),
+        "epoch": 12,
+        "iter": 0,
+    }
+    torch.save({"state_dict": state_dict, "meta": meta}, path)
+
+
+# --------------------------------------------------------------------------------------------
+# running mmdet's own pipeline pieces
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _capture(model: nn.Module, store: dict) -> Iterator[None]:
+    """Record backbone / neck / RPN forward outputs and the RPN proposals during predict()."""
+    handles = [
+        model.backbone.register_forward_hook(lambda m, i, o: store.setdefault("backbone", o)),
+        model.neck.register_forward_hook(lambda m, i, o: store.setdefault("neck", o)),
+        model.rpn_head.register_forward_hook(lambda m, i, o: store.setdefault("rpn", o)),
+    ]
+    rpn_predict = model.rpn_head.predict  # bound method; shadow it on the instance
+
+    def predict(*args: Any, **kwargs: Any) -> Any:
+        out = rpn_predict(*args, **kwargs)
+        store.setdefault("proposals", out)
+        return out
+
+    model.rpn_head.predict = predict
+    try:
+        yield
+    finally:
+        del model.rpn_head.predict
+        for h in handles:
+            h.remove()
+
+
+def is_cascade(model: nn.Module) -> bool:
+    return hasattr(model.roi_head, "num_stages")
+
+
+@torch.no_grad()
+def mmdet_intermediates(
+    model: nn.Module, img_rgb_uint8: np.ndarray, rois: Tensor | None = None
+) -> dict:
+    """Run mmdet's own pipeline on one already-resized RGB uint8 image (H, W multiples of 32).
+
+    Returns a dict:
+      ``input``          (1, 3, H, W) normalised tensor built by mmdet's DetDataPreprocessor;
+      ``backbone``       4 tensors (c2..c5); ``neck``: 5 tensors (P2..P6);
+      ``rpn_cls`` / ``rpn_bbox``: per-level RPN logits (N, A, h, w) / deltas (N, 4A, h, w);
+      ``proposals`` (K, 4), ``proposal_scores`` (K,): mmdet's RPN ``predict`` output
+                         (sigmoid objectness, after nms_pre / NMS / max_per_img);
+      if ``rois`` (R, 5: batch_idx, x1, y1, x2, y2) is given, every stage's heads evaluated on
+      exactly these rois (no refinement in between): ``cls_score`` / ``bbox_pred`` /
+      ``mask_logits``: lists with one entry per stage (1 for Mask R-CNN);
+      for cascades also mmdet's ``_refine_roi`` chain from ``rois``: ``refined_rois`` (rois fed
+      to the last stage), ``refined_cls_score`` (stage-averaged logits) and
+      ``refined_bbox_pred`` (last stage deltas);
+      ``detections``: numpy ``bboxes`` (n, 4) float32, ``scores`` (n,), ``labels`` (n,) int64,
+      ``masks`` (n, H, W) bool, from ``model.predict(..., rescale=True)``.
+    """
+    from mmdet.structures import DetDataSample
+
+    img = np.asarray(img_rgb_uint8)
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, img.shape
+    h, w = img.shape[:2]
+    assert h % 32 == 0 and w % 32 == 0, f"image size {(h, w)} must be multiples of 32"
+    # mmdet loads images as BGR and its preprocessor (bgr_to_rgb=True) flips them back.
+    chw_bgr = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
+    sample = DetDataSample(
+        metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0))
+    )
+    data = model.data_preprocessor({"inputs": [chw_bgr], "data_samples": [sample]}, False)
+    batch_inputs, samples = data["inputs"], data["data_samples"]
+
+    store: dict = {}
+    with _capture(model, store):
+        results = model.predict(batch_inputs, samples, rescale=True)
+
+    out: dict = {
+        "input": batch_inputs,
+        "backbone": list(store["backbone"]),
+        "neck": list(store["neck"]),
+        "rpn_cls": list(store["rpn"][0]),
+        "rpn_bbox": list(store["rpn"][1]),
+        "proposals": store["proposals"][0].bboxes,
+        "proposal_scores": store["proposals"][0].scores,
+    }
+
+    if rois is not None:
+        x = tuple(out["neck"])  # SingleRoIExtractor uses the first len(featmap_strides) levels
+        rois = rois.to(torch.float32)
+        rh = model.roi_head
+        cls_l, box_l, mask_l = [], [], []
+        if is_cascade(model):
+            for stage in range(rh.num_stages):
+                r = rh._bbox_forward(stage, x, rois)
+                cls_l.append(r["cls_score"])
+                box_l.append(r["bbox_pred"])
+                mask_l.append(rh._mask_forward(stage, x, rois)["mask_preds"])
+            metas = [s.metainfo for s in samples]
+            ref_rois, ref_cls, ref_box = rh._refine_roi(x, rois, metas, (rois.shape[0],))
+            out["refined_rois"] = ref_rois[0] if isinstance(ref_rois, list | tuple) else ref_rois
+            out["refined_cls_score"] = ref_cls[0]
+            out["refined_bbox_pred"] = ref_box[0]
+        else:
+            r = rh._bbox_forward(x, rois)
+            cls_l.append(r["cls_score"])
+            box_l.append(r["bbox_pred"])
+            mask_l.append(rh._mask_forward(x, rois)["mask_preds"])
+        out.update(cls_score=cls_l, bbox_pred=box_l, mask_logits=mask_l)
+
+    pred = results[0].pred_instances
+    out["detections"] = {
+        "bboxes": pred.bboxes.cpu().numpy().astype(np.float32),
+        "scores": pred.scores.cpu().numpy(),
+        "labels": pred.labels.cpu().numpy().astype(np.int64),
+        "masks": pred.masks.cpu().numpy().astype(bool),
+    }
+    return out
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def state_dict_prefixes(state_dict: dict, levels: int = 3) -> list[str]:
+    """Sorted unique key prefixes (first ``levels`` dotted components)."""
+    return sorted({".".join(k.split(".")[:levels]) for k in state_dict})
