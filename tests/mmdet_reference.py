@@ -678,3 +678,22 @@ def count_parameters(module: nn.Module) -> int:
 def state_dict_prefixes(state_dict: dict, levels: int = 3) -> list[str]:
     """Sorted unique key prefixes (first ``levels`` dotted components)."""
     return sorted({".".join(k.split(".")[:levels]) for k in state_dict})
+
+
+def to_float64_(model: nn.Module) -> nn.Module:
+    """Run the mmdet model in float64, for comparisons free of float32 rounding noise.
+
+    mmdet's mask paste builds its sampling grid in float32 and fails on float64 boxes, so
+    the mask probabilities and boxes are cast to float32 right before it.
+    """
+    from mmdet.models.roi_heads.mask_heads import fcn_mask_head
+
+    paste = fcn_mask_head._do_paste_mask
+    if not getattr(paste, "_gcnet_d2_casts", False):
+
+        def cast_then_paste(masks: Tensor, boxes: Tensor, *args: Any, **kwargs: Any) -> Any:
+            return paste(masks.float(), boxes.float(), *args, **kwargs)
+
+        cast_then_paste._gcnet_d2_casts = True
+        fcn_mask_head._do_paste_mask = cast_then_paste
+    return model.double()

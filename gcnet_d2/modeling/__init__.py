@@ -7,6 +7,7 @@ from .backbone import (
     validate_gcnet_config,
 )
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
+from .cascade_heads import MMDetCascadeROIHeads
 from .context_block import ContextBlock, reference_context_block
 from .deform_conv import DeformConv2dWithOffset
 from .norm import FrozenStatsBatchNorm2d, resolve_norm
@@ -17,6 +18,7 @@ __all__ = [
     "DeformGCBottleneckBlock",
     "FrozenStatsBatchNorm2d",
     "GCBottleneckBlock",
+    "MMDetCascadeROIHeads",
     "build_gcnet_resnet_backbone",
     "build_gcnet_resnet_fpn_backbone",
     "build_gcnet_retinanet_resnet_fpn_backbone",

@@ -1,0 +1,93 @@
+"""File-to-file conversion behind ``tools/convert_mmdet_to_d2.py``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+
+from ..config import add_gcnet_config
+from ..model_zoo import get_config, get_config_file
+from .convert import (
+    LAYOUT_BACKBONE,
+    LAYOUT_D2,
+    ConversionReport,
+    convert_state_dict,
+    detect_layout,
+    matching_configs,
+)
+from .mmdet_layout import read_architecture
+from .safe_load import CheckpointLoadError, load_checkpoint_file
+
+
+def config_for_checkpoint(data: dict, config_file: str | None, opts: Sequence[str]) -> CfgNode:
+    """The config to build the target model from: ``config_file`` if given, else the first
+    shipped table config that fits the checkpoint, else a base config with overrides that
+    make it fit (e.g. the R-50 based 2020-05 DCN cascade files)."""
+    layout, sd = detect_layout(data)
+    arch = read_architecture(sd, layout == LAYOUT_BACKBONE)
+    if config_file:
+        from ..safety import load_config  # safe YAML; here to keep import order acyclic
+
+        cfg = load_config(config_file)
+    else:
+        fits = matching_configs(arch)
+        if fits:
+            cfg = get_config(fits[0])
+        else:
+            base = (
+                "Base-GCNet-Cascade-RCNN-FPN.yaml"
+                if arch.cascade_stages
+                else "Base-GCNet-RCNN-FPN.yaml"
+            )
+            cfg = add_gcnet_config(get_cfg())
+            cfg.merge_from_file(get_config_file(base))
+            cfg.merge_from_list(arch.config_overrides())
+        if arch.num_classes is not None:
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES = arch.num_classes
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+def convert_checkpoint_file(
+    src: str, dst: str, config_file: str | None = None, opts: Sequence[str] = ()
+) -> ConversionReport:
+    """Convert ``src`` (mmdetection detector or ImageNet backbone) to a Detectron2 checkpoint
+    at ``dst``, which ``DetectionCheckpointer(model).load(dst)`` loads with no missing and no
+    unexpected keys. ``dst`` is written atomically: a failure leaves no file behind."""
+    data = load_checkpoint_file(src)
+    if detect_layout(data)[0] == LAYOUT_D2:
+        raise CheckpointLoadError(
+            f"checkpoint {src}: already in Detectron2's layout (or not an mmdetection / ImageNet "
+            "checkpoint): nothing to convert"
+        )
+    cfg = config_for_checkpoint(data, config_file, opts)
+    model = build_model(cfg)
+    state, report = convert_state_dict(data, model, source=src)
+    payload = {
+        "model": state,
+        "__author__": f"gcnet_d2, converted from {report.layout}",
+        "matching_heuristics": False,
+        "gcnet_d2": {
+            "source": os.path.basename(src),
+            "architecture": report.architecture.describe(),
+        },
+    }
+    out_dir = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".pth", dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return report
