@@ -7,33 +7,51 @@
 Same flags as detectron2's tools/train_net.py (``--resume``, ``--num-machines``,
 ``--machine-rank``, ``--dist-url``, trailing ``KEY VALUE`` overrides). Without CUDA,
 ``--num-gpus N`` starts N CPU processes over gloo and ``MODEL.DEVICE`` becomes ``cpu``.
+
+Configs are read with ``yaml.safe_load`` only and checkpoints without unpickling code. A bad
+config, checkpoint or dataset, or an unwritable OUTPUT_DIR, prints one ``train_net.py: error:``
+line and exits with status 2 (docs/safety.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import OrderedDict
 
 import detectron2.utils.comm as comm
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
-import gcnet_d2
+import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datasets)
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.engine import GCNetTrainer, write_results
+from gcnet_d2.safety import (
+    KNOWN_ERRORS,
+    check_output_dir,
+    load_config,
+    one_line,
+    quiet_known_errors,
+)
+
+EXIT_KNOWN_ERROR = 2
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from file + overrides, with gcnet_d2's keys; CPU when CUDA is absent."""
-    cfg = gcnet_d2.add_gcnet_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    # YAML read with safe_load only (Python tags refused); bad keys/values raise ConfigError.
+    cfg = load_config(args.config_file, args.opts)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gcnet_d2")
+    quiet_known_errors()
     return cfg
 
 
@@ -58,17 +76,33 @@ def main(args: argparse.Namespace) -> OrderedDict:
     return results
 
 
+def main_or_exit(args: argparse.Namespace) -> OrderedDict:
+    """``main``; a known error (bad config, checkpoint, dataset, OUTPUT_DIR) prints one line
+    and exits with status 2. Other exceptions keep their traceback."""
+    try:
+        return main(args)
+    except KNOWN_ERRORS as e:
+        rank = f" (rank {comm.get_rank()})" if comm.get_world_size() > 1 else ""
+        print(f"train_net.py: error{rank}: {one_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_KNOWN_ERROR)
+
+
 def cli(argv: list[str] | None = None) -> None:
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main_or_exit,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ProcessExitedException as e:
+        if e.exit_code == EXIT_KNOWN_ERROR:  # the worker printed its one-line error
+            sys.exit(EXIT_KNOWN_ERROR)
+        raise
 
 
 if __name__ == "__main__":

@@ -24,4 +24,18 @@ def add_gcnet_config(cfg: CN) -> CN:
     cfg.MODEL.GCNET.POOLING = "att"
     # How the context joins the features: any of "channel_add", "channel_mul".
     cfg.MODEL.GCNET.FUSION = ["channel_add"]
+
+    # mmdetection parity outside the backbone (used by the table configs):
+    # per-stage loss weights of MMDetCascadeROIHeads (mmdet stage_loss_weights).
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS = [1.0, 0.5, 0.25]
+    # Image resizing of gcnet_d2's dataset mapper: "cv2" = cv2.INTER_LINEAR as mmdetection
+    # (what the released checkpoints saw), "pil" = detectron2's default PIL bilinear.
+    cfg.INPUT.RESIZE_BACKEND = "cv2"
+
+    # Dataset robustness (gcnet_d2.data.robust).
+    cfg.GCNET_DATA = CN()
+    # True: training skips images that are missing, unreadable, undecodable or whose size
+    # disagrees with their annotation, logging each with its reason and counting them.
+    # False: such an image stops training with an error naming the file. Evaluation never skips.
+    cfg.GCNET_DATA.SKIP_BAD_IMAGES = False
     return cfg

@@ -1,6 +1,10 @@
 """``GCNetTrainer``: detectron2's DefaultTrainer with COCO evaluation and CPU multi-process.
 
-Three things differ from ``DefaultTrainer``:
+Five things differ from ``DefaultTrainer``:
+- images are resized as mmdetection does (:mod:`gcnet_d2.data.transforms`);
+- data loading is checked (:mod:`gcnet_d2.data.robust`: errors name the file, broken images can
+  be skipped with ``GCNET_DATA.SKIP_BAD_IMAGES``) and resumable: checkpoints also hold the data
+  position and RNG states, so ``--resume`` continues the run it resumes (:mod:`gcnet_d2.resume`);
 - checkpoints go through :class:`~gcnet_d2.checkpoint.GCNetCheckpointer` (safe loading,
   mmdetection checkpoints accepted as ``MODEL.WEIGHTS``);
 - evaluation uses ``COCOEvaluator`` and says which COCOeval it runs: detectron2's compiled one
@@ -20,12 +24,16 @@ from collections.abc import Iterator
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.config import CfgNode
+from detectron2.data import DatasetMapper
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from torch import nn
 
+from . import resume
 from .checkpoint import GCNetCheckpointer
 from .data import ensure_synthetic_generated
+from .data import robust as robust_data
+from .data.transforms import build_gcnet_augmentations
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,10 @@ def create_ddp_model(model: nn.Module, **kwargs: object) -> nn.Module:
         param = next(model.parameters(), None)
         if param is None or param.device.type == "cpu":
             kwargs["device_ids"] = None
+        # GC blocks' conv_mask.bias never gets a gradient (a constant shift of the attention
+        # logits cannot change the softmax, so the pooling skips it): without this DDP stops
+        # at the second iteration with "Expected to have finished reduction".
+        kwargs.setdefault("find_unused_parameters", True)
     return _d2_create_ddp_model(model, **kwargs)
 
 
@@ -69,6 +81,44 @@ class GCNetTrainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         with _gcnet_trainer_parts():
             super().__init__(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):  # noqa: ANN206 - detectron2 signature
+        mapper = DatasetMapper(cfg, True, augmentations=build_gcnet_augmentations(cfg, True))
+        # Checked data (GCNET_DATA.SKIP_BAD_IMAGES), resumable sampler, own RNG generator.
+        return robust_data.build_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):  # noqa: ANN206
+        mapper = DatasetMapper(cfg, False, augmentations=build_gcnet_augmentations(cfg, False))
+        return robust_data.build_test_loader(cfg, dataset_name, mapper=mapper)
+
+    # Resume state beyond detectron2's (data position, RNGs): see gcnet_d2.resume.
+    def state_dict(self) -> dict:
+        ret = super().state_dict()
+        sampler = getattr(self._trainer.data_loader, "resumable_sampler", None)
+        ret["gcnet_resume"] = resume.capture_training_state(sampler)
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        resume.restore_training_state(
+            state_dict.get("gcnet_resume"),
+            getattr(self._trainer.data_loader, "resumable_sampler", None),
+            iterations_done=self.iter + 1,
+            images_per_process=self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(),
+            seed=self.cfg.SEED,
+        )
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None):  # noqa: ANN001, ANN206
+        # Evaluation leaves the RNGs as it found them (its data loader draws a seed), so a
+        # periodic evaluation after a checkpoint does not make a resumed run diverge.
+        rng = resume.capture_rng_state()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            resume.restore_rng_state(rng)
 
     @classmethod
     def build_evaluator(

@@ -42,5 +42,5 @@ def get_config_file(name: str) -> str:
 def get_config(name: str) -> CfgNode:
     """A detectron2 config with gcnet_d2's keys, merged from the shipped config ``name``."""
     cfg = add_gcnet_config(get_cfg())
-    cfg.merge_from_file(get_config_file(name))
+    cfg.merge_from_file(get_config_file(name), allow_unsafe=False)
     return cfg

@@ -1,0 +1,406 @@
+"""Bad input fails loudly and clearly, or is skipped on request; odd-but-valid input works.
+
+Datasets here are a handful of 64x80 images written by the tests, registered with detectron2's
+``register_coco_instances`` and read through ``GCNetTrainer``'s loaders (the training path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from detectron2.config import get_cfg
+from detectron2.data.datasets import register_coco_instances
+from PIL import Image
+from torch._utils import ExceptionWrapper
+
+import train_net
+from gcnet_d2.config import add_gcnet_config
+from gcnet_d2.data.robust import DatasetError, validate_coco_json
+from gcnet_d2.engine import GCNetTrainer
+from gcnet_d2.safety import one_line
+from tests.safety_helpers import QUICKSTART, TINY_OPTS, run, subprocess_env
+
+H, W = 64, 80
+BOX = [10.0, 12.0, 30.0, 20.0]
+POLYGON = [[10.0, 12.0, 40.0, 12.0, 40.0, 32.0, 10.0, 32.0]]
+
+
+def _pixels(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
+
+
+def _write(root: Path, name: str, kind: str, seed: int = 0) -> None:
+    """Write image file ``name`` of the given kind under ``root``."""
+    path = root / name
+    rgb = Image.fromarray(_pixels(seed))
+    if kind == "rgb":
+        rgb.save(path, quality=95)
+    elif kind == "gray":
+        rgb.convert("L").save(path)
+    elif kind == "rgba":
+        rgb.convert("RGBA").save(path)
+    elif kind == "palette":
+        rgb.convert("P").save(path)
+    elif kind == "gray16":
+        Image.fromarray(_pixels(seed)[..., 0].astype(np.uint16) * 200).save(path)
+    elif kind == "truncated":
+        rgb.save(path, quality=95)
+        path.write_bytes(path.read_bytes()[:400])
+    elif kind == "garbage":
+        path.write_bytes(b"this is not an image, just text " * 20)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "small":  # decodes to 40x50 while its annotation says 64x80
+        Image.fromarray(_pixels(seed)[:40, :50]).save(path)
+    elif kind != "missing":
+        raise ValueError(kind)
+
+
+def make_dataset(root: Path, images: list[tuple[str, str]], unannotated: tuple[str, ...] = ()):
+    """Write images and a COCO file; register it under a fresh name; return the name."""
+    root.mkdir(parents=True, exist_ok=True)
+    coco = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    for i, (name, kind) in enumerate(images, start=1):
+        _write(root, name, kind, seed=i)
+        coco["images"].append({"id": i, "file_name": name, "height": H, "width": W})
+        if name not in unannotated:
+            coco["annotations"].append(
+                {
+                    "id": i,
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": BOX,
+                    "segmentation": POLYGON,
+                    "area": 600.0,
+                    "iscrowd": 0,
+                }
+            )
+    json_file = root / "instances.json"
+    json_file.write_text(json.dumps(coco))
+    name = f"bad_input_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(json_file), str(root))
+    return name
+
+
+def make_cfg(name: str, *, skip: bool = False, workers: int = 0, filter_empty: bool = True):
+    cfg = add_gcnet_config(get_cfg())
+    cfg.merge_from_file(QUICKSTART, allow_unsafe=False)
+    cfg.merge_from_list(TINY_OPTS)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATASETS.TEST = (name,)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = workers
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = filter_empty
+    cfg.GCNET_DATA.SKIP_BAD_IMAGES = skip
+    return cfg
+
+
+def take(loader, batches: int) -> list[dict]:  # noqa: ANN001
+    out = []
+    for batch in loader:
+        out.extend(batch)
+        if len(out) >= 2 * batches:
+            return out
+    return out
+
+
+GOOD = [(f"good{i}.jpg", "rgb") for i in range(4)]
+
+
+@pytest.fixture
+def warnings_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """caplog for gcnet_d2's warnings, also after train_net's setup_logger stopped propagation."""
+    monkeypatch.setattr(logging.getLogger("gcnet_d2"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="gcnet_d2")
+    return caplog
+
+
+# --------------------------------------------------------------------------------------------
+# Odd but valid input works
+# --------------------------------------------------------------------------------------------
+
+
+def test_gray_rgba_palette_16bit_and_unannotated_images_work(tmp_path: Path):
+    kinds = ["rgb", "gray", "rgba", "palette", "gray16"]
+    images = [(f"{k}.png", k) for k in kinds] + [("no_boxes.jpg", "rgb")]
+    name = make_dataset(tmp_path, images, unannotated=("no_boxes.jpg",))
+    cfg = make_cfg(name, filter_empty=False)
+
+    seen = take(GCNetTrainer.build_train_loader(cfg), batches=6)  # two epochs
+    assert {Path(d["file_name"]).name for d in seen} == {n for n, _ in images}
+    for d in seen:
+        assert d["image"].shape[0] == 3 and d["image"].dtype.is_floating_point is False
+        boxes = len(d["instances"])
+        assert boxes == (0 if d["file_name"].endswith("no_boxes.jpg") else 1)
+
+    tested = [d for batch in GCNetTrainer.build_test_loader(cfg, name) for d in batch]
+    assert len(tested) == len(images) and all(d["image"].shape[0] == 3 for d in tested)
+
+    cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True  # detectron2's default: dropped, no error
+    seen = take(GCNetTrainer.build_train_loader(cfg), batches=3)
+    assert not any(d["file_name"].endswith("no_boxes.jpg") for d in seen)
+
+
+# --------------------------------------------------------------------------------------------
+# Broken files: clear errors naming the file
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_folder_and_empty_files_are_named_before_training(tmp_path: Path):
+    bad = [("missing.jpg", "missing"), ("a_folder.jpg", "folder"), ("empty.jpg", "empty")]
+    name = make_dataset(tmp_path, GOOD[:2] + bad)
+    with pytest.raises(DatasetError) as info:
+        GCNetTrainer.build_train_loader(make_cfg(name))
+    message = str(info.value)
+    assert "3 of 5 images" in message and "SKIP_BAD_IMAGES" in message
+    assert f"{tmp_path / 'missing.jpg'}: no such file" in message
+    assert f"{tmp_path / 'a_folder.jpg'}: not a regular file" in message
+    assert f"{tmp_path / 'empty.jpg'}: empty file" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_is_named(tmp_path: Path):
+    name = make_dataset(tmp_path, [*GOOD[:2], ("locked.jpg", "rgb")])
+    (tmp_path / "locked.jpg").chmod(0)
+    with pytest.raises(DatasetError, match="locked.jpg: not readable"):
+        GCNetTrainer.build_train_loader(make_cfg(name))
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("truncated", "cannot be decoded (OSError: "),
+        ("garbage", "cannot be decoded (UnidentifiedImageError: not an image file"),
+        ("small", "size disagrees with its annotation"),
+    ],
+)
+def test_undecodable_or_mismatched_image_is_named_when_read(tmp_path: Path, kind, expected):  # noqa: ANN001
+    name = make_dataset(tmp_path, [("broken.jpg", kind)] + GOOD[:1])
+    loader = GCNetTrainer.build_train_loader(make_cfg(name))
+    with pytest.raises(DatasetError) as info:
+        take(loader, batches=2)
+    message = str(info.value)
+    assert message.startswith(f"image {tmp_path / 'broken.jpg'}: ") and expected in message
+    assert "SKIP_BAD_IMAGES" in message
+
+
+def test_worker_errors_reach_the_user_as_one_line(tmp_path: Path):
+    name = make_dataset(tmp_path, [("broken.jpg", "truncated")] + GOOD[:1])
+    loader = GCNetTrainer.build_train_loader(make_cfg(name))
+    try:
+        take(loader, batches=2)
+    except DatasetError:
+        # How a DataLoader worker ships the error to the main process, which re-raises it
+        # with the worker's traceback in the message (torch's ExceptionWrapper.reraise).
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DatasetError) as info:
+        wrapped.reraise()
+    assert "Original Traceback" in str(info.value)
+    line = one_line(info.value)
+    assert line.startswith(f"image {tmp_path / 'broken.jpg'}: cannot be decoded")
+    assert "Traceback" not in line and "\n" not in line
+
+
+def test_evaluation_never_skips(tmp_path: Path):
+    name = make_dataset(tmp_path, [("broken.jpg", "truncated")] + GOOD[:1])
+    loader = GCNetTrainer.build_test_loader(make_cfg(name, skip=True), name)
+    with pytest.raises(DatasetError, match="broken.jpg: cannot be decoded.*evaluation needs"):
+        list(loader)
+    name = make_dataset(tmp_path / "b", [("missing.jpg", "missing")] + GOOD[:1])
+    with pytest.raises(DatasetError, match="missing.jpg: no such file.*evaluation needs"):
+        GCNetTrainer.build_test_loader(make_cfg(name, skip=True), name)
+
+
+# --------------------------------------------------------------------------------------------
+# Skipping broken images in training
+# --------------------------------------------------------------------------------------------
+
+BROKEN = [
+    ("missing.jpg", "missing"),
+    ("empty.jpg", "empty"),
+    ("truncated.jpg", "truncated"),
+    ("garbage.jpg", "garbage"),
+    ("small.jpg", "small"),
+]
+
+
+def test_skip_bad_images_logs_and_counts_them(tmp_path: Path, warnings_log):  # noqa: ANN001
+    caplog = warnings_log
+    name = make_dataset(tmp_path, GOOD + BROKEN)
+    loader = GCNetTrainer.build_train_loader(make_cfg(name, skip=True))
+    seen = take(loader, batches=12)  # six passes over the 4 usable images
+    assert {Path(d["file_name"]).name for d in seen} == {n for n, _ in GOOD}
+
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "2 of 9 images" in text  # missing + empty, dropped before training
+    for file, _ in BROKEN[2:]:  # found when read, each logged once with its reason
+        assert sum(f"Skipping image {tmp_path / file}:" in r.getMessage() for r in caplog.records)
+    assert "3 image(s) skipped so far" in text
+
+
+def test_training_with_skip_runs_through_broken_images(tmp_path: Path, warnings_log):  # noqa: ANN001
+    caplog = warnings_log
+    name = make_dataset(tmp_path, GOOD + BROKEN)
+    cfg = make_cfg(name, skip=True)
+    cfg.merge_from_list(["SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()"])
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    trainer = GCNetTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert trainer.iter == 3  # all iterations ran
+    assert (tmp_path / "out" / "model_final.pth").is_file()
+    assert any("Skipping image" in r.getMessage() for r in caplog.records)  # broken ones met
+
+
+# --------------------------------------------------------------------------------------------
+# Annotation files
+# --------------------------------------------------------------------------------------------
+
+
+def _coco_variant(kind: str) -> str:
+    good = {
+        "images": [{"id": 1, "file_name": "good0.jpg", "height": H, "width": W}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": BOX, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    if kind == "list":
+        return json.dumps([good])
+    if kind == "not_json":
+        return json.dumps(good)[:-20]
+    if kind == "no_images":
+        return json.dumps({k: v for k, v in good.items() if k != "images"})
+    if kind == "bad_category":
+        good["annotations"][0]["category_id"] = 7
+    if kind == "bad_bbox":
+        good["annotations"][0]["bbox"] = [1, 2, 3]
+    return json.dumps(good)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("list", "the top level is a JSON list"),
+        ("not_json", "not valid JSON"),
+        ("no_images", "missing top-level key(s) ['images']"),
+        ("bad_category", "refers to category_id 7"),
+        ("bad_bbox", "'bbox'"),
+    ],
+)
+def test_annotation_file_that_is_not_coco(tmp_path: Path, kind: str, expected: str):
+    _write(tmp_path, "good0.jpg", "rgb")
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(_coco_variant(kind))
+    name = f"bad_json_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(json_file), str(tmp_path))
+
+    with pytest.raises(DatasetError) as info:
+        validate_coco_json(str(json_file))
+    assert str(json_file) in str(info.value) and expected in str(info.value)
+
+    with pytest.raises(DatasetError) as info:  # what training reports
+        GCNetTrainer.build_train_loader(make_cfg(name))
+    assert expected in str(info.value) or "bbox" in str(info.value)
+
+
+def test_unregistered_dataset_name():
+    with pytest.raises(DatasetError, match="'no_such_dataset' is not registered"):
+        GCNetTrainer.build_train_loader(make_cfg("no_such_dataset"))
+
+
+# --------------------------------------------------------------------------------------------
+# train_net.py: one clear line, exit status 2; other errors keep their traceback
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _restore_loggers():
+    """train_net's default_setup adds handlers bound to this test's captured streams; remove
+    them afterwards so later tests do not log into closed streams."""
+    names = ("detectron2", "d2", "fvcore", "gcnet_d2")
+    saved = {
+        n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names
+    }
+    yield
+    for name, (handlers, propagate) in saved.items():
+        log = logging.getLogger(name)
+        for handler in log.handlers[:]:
+            if handler not in handlers:
+                log.removeHandler(handler)
+        log.propagate = propagate
+
+
+def _cli_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        train_net.cli(argv)
+    assert info.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train_net.py:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_cli_unwritable_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    line = _cli_error(
+        capsys, ["--config-file", QUICKSTART, "OUTPUT_DIR", str(blocker / "out"), *TINY_OPTS]
+    )
+    assert f"OUTPUT_DIR {blocker / 'out'}: not writable" in line
+
+
+def test_cli_truncated_weights(tmp_path: Path, capsys: pytest.CaptureFixture):
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    argv = ["--eval-only", "--config-file", QUICKSTART, "MODEL.WEIGHTS", str(weights)]
+    line = _cli_error(capsys, [*argv, "OUTPUT_DIR", str(tmp_path / "out"), *TINY_OPTS])
+    assert f"checkpoint {weights}: truncated or corrupt" in line
+
+
+def test_cli_bad_config_value(tmp_path: Path, capsys: pytest.CaptureFixture):
+    argv = ["--config-file", QUICKSTART, "MODEL.GCNET.RATIO", "0.0"]
+    line = _cli_error(capsys, [*argv, "OUTPUT_DIR", str(tmp_path / "out")])
+    assert "MODEL.GCNET.RATIO" in line
+
+
+def test_cli_unknown_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch):
+    def boom(args):  # noqa: ANN001, ANN202
+        raise RuntimeError("a bug, not a user error")
+
+    monkeypatch.setattr(train_net, "main", boom)
+    with pytest.raises(RuntimeError, match="a bug"):
+        train_net.cli(["--config-file", QUICKSTART])
+
+
+def test_cli_broken_image_mid_training_is_one_line_without_traceback(tmp_path_factory, tmp_path):  # noqa: ANN001
+    root = tmp_path / "data"
+    make_dataset(root, [("broken.jpg", "truncated")])  # registered in this process only
+    script = (
+        "import sys, train_net\n"
+        "from detectron2.data.datasets import register_coco_instances\n"
+        f"register_coco_instances('broken_ds', {{}}, {str(root / 'instances.json')!r}, "
+        f"{str(root)!r})\n"
+        "train_net.cli(sys.argv[1:])\n"
+    )
+    argv = ["--config-file", QUICKSTART, "OUTPUT_DIR", str(tmp_path / "out"), *TINY_OPTS]
+    argv += ["DATASETS.TRAIN", "('broken_ds',)", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "1"]
+    proc = run(["-c", script, *argv], subprocess_env(str(tmp_path / "synth")), timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("train_net.py: error")]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        f"train_net.py: error: image {root / 'broken.jpg'}: cannot be decoded (OSError: "
+    )
+    assert errors[0].endswith("set GCNET_DATA.SKIP_BAD_IMAGES True to train without such images")
