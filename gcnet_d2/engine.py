@@ -53,10 +53,6 @@ def create_ddp_model(model: nn.Module, **kwargs: object) -> nn.Module:
         param = next(model.parameters(), None)
         if param is None or param.device.type == "cpu":
             kwargs["device_ids"] = None
-        # GC blocks' conv_mask.bias never gets a gradient (a constant shift of the attention
-        # logits cannot change the softmax, so the pooling skips it): without this DDP stops
-        # at the second iteration with "Expected to have finished reduction".
-        kwargs.setdefault("find_unused_parameters", True)
     return _d2_create_ddp_model(model, **kwargs)
 
 

@@ -55,8 +55,13 @@ def tiny_batch(num_classes: int) -> list[dict]:
 
 @pytest.mark.parametrize("name", TABLE, ids=[n.split("/")[-1] for n in TABLE])
 def test_row_builds_trains_and_infers(name):
+    check_row_builds_trains_and_infers(name, "cpu")
+
+
+def check_row_builds_trains_and_infers(name: str, device: str) -> None:
+    """Load, build on ``device``, check the architecture, one SGD step, one inference."""
     cfg = gcnet_d2.get_config(name)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
     expect = expected_architecture(name)

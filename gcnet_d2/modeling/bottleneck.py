@@ -23,10 +23,15 @@ from .norm import frozen_affine, has_frozen_affine
 class GCBottleneckBlock(BottleneckBlock):
     """detectron2's bottleneck with an optional global context block before the residual add.
 
-    Where ``conv3``'s norm is a fixed affine (FrozenBN, mmdet-style frozen statistics, or any
-    BN in eval mode), the block pools the context from the raw ``conv3`` output and applies the
-    norm and the GC fusion in a single ``addcmul`` pass; otherwise it runs norm then block.
-    Both paths compute the same function (tests pin them against the plain formulation).
+    On the CPU, where ``conv3``'s norm is a fixed affine (FrozenBN, mmdet-style frozen
+    statistics, or any BN in eval mode), the norm is folded into ``conv3``'s weight and bias,
+    the context is pooled from ``conv3``'s input (a quarter of the output's channels; exact, as
+    a 1x1 conv is linear and the pooling weights sum to one) and the GC terms become a
+    per-sample bias (and, for ``channel_mul``, a per-sample weight scale) of ``conv3`` itself
+    (:func:`conv1x1_per_sample`): the GC block adds no pass over the output map, and its
+    pooling reads a quarter of the bytes. Otherwise (BN with batch statistics, or a GPU) it
+    runs ``conv3`` + norm, then the block. Both paths compute the same function, values and
+    gradients (tests/test_fast_paths.py pins them against the plain formulation).
     """
 
     def __init__(
@@ -60,24 +65,47 @@ class GCBottleneckBlock(BottleneckBlock):
             else None
         )
 
+    def _foldable(self, x: torch.Tensor) -> bool:
+        """Whether to fold: ``conv3`` + norm is a 1x1 linear map with a fixed affine in this
+        mode, on the CPU or when a gradient is being recorded.
+
+        GPU inference does not fold: there the bottleneck's kernels are short enough that
+        their number, not their bytes, sets the time (launch-bound at detection batch sizes),
+        and the fold's extra small kernels cost more than the pass it saves. In GPU training
+        the fold still wins (fewer full-size activations kept for backward), measured.
+        """
+        conv3 = self.conv3
+        return (
+            (x.device.type == "cpu" or torch.is_grad_enabled())
+            and has_frozen_affine(conv3.norm, self.training)
+            and conv3.kernel_size == (1, 1)
+            and conv3.stride == (1, 1)
+            and conv3.padding == (0, 0)
+            and conv3.groups == 1
+            and getattr(conv3, "activation", None) is None
+        )
+
     def _conv3_and_context(self, x: torch.Tensor) -> torch.Tensor:
         conv3, block = self.conv3, self.context_block
-        if block is None:
-            return conv3(x)
-        if not has_frozen_affine(conv3.norm, self.training):
-            return block(conv3(x))
-        raw = F.conv2d(x, conv3.weight, conv3.bias)
+        if not self._foldable(x):
+            out = conv3(x)
+            return out if block is None else block(out)
+        # The frozen norm is folded into conv3: weight * scale, bias shift (+ scale * bias).
         scale, shift = frozen_affine(conv3.norm)
-        gate, addend = block.fusion_terms(block.pool(raw, scale, shift))
-        n, c = raw.shape[:2]
-        # norm then fusion: (raw * scale + shift) * gate + addend, as one per-sample affine.
-        scale = scale.reshape(1, c, 1, 1).expand(n, c, 1, 1)
-        shift = shift.reshape(1, c, 1, 1).expand(n, c, 1, 1)
+        c = conv3.out_channels
+        weight = conv3.weight.reshape(c, -1) * scale.reshape(c, 1)
+        bias = shift if conv3.bias is None else torch.addcmul(shift, conv3.bias, scale)
+        if block is None:
+            return conv1x1_per_sample(x, weight, bias)
+        # The context is pooled from conv3's *input* (a quarter of the channels) and the GC
+        # fusion rides on conv3's bias (and weight, for channel_mul): no extra pass over the
+        # output map. See ContextBlock.pool_projected.
+        gate, addend = block.fusion_vectors(block.pool_projected(x, weight, bias))
         if gate is not None:
-            scale, shift = scale * gate, shift * gate
+            bias = bias * gate  # N x C from here on
         if addend is not None:
-            shift = shift + addend
-        return torch.addcmul(shift.to(raw.dtype), raw, scale.to(raw.dtype))
+            bias = bias + addend
+        return conv1x1_per_sample(x, weight, bias, gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
@@ -86,6 +114,31 @@ class GCBottleneckBlock(BottleneckBlock):
         shortcut = x if self.shortcut is None else self.shortcut(x)
         out += shortcut
         return F.relu_(out)
+
+
+def conv1x1_per_sample(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    gate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The 1x1 conv ``(weight * gate[i]) @ x[i] + bias[i]`` of every sample ``i``, as one GEMM.
+
+    ``x``: N x K x H x W (contiguous or channels_last; the output keeps the layout);
+    ``weight``: C x K; ``bias``: C or N x C; ``gate``: None or N x C (scales sample ``i``'s
+    output channels). ``baddbmm`` takes the per-sample bias as its broadcast addend, so the GC
+    terms cost no pass over the output; on the CPU it also beats the NCHW 1x1 convolution.
+    """
+    n, k, h, w = x.shape
+    c = weight.shape[0]
+    bias = bias.reshape(-1, c)  # 1 or N rows
+    weights = weight.unsqueeze(0) if gate is None else weight * gate.reshape(n, c, 1)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        flat = x.permute(0, 2, 3, 1).reshape(n, h * w, k)  # a view: N x HW x K
+        out = torch.baddbmm(bias.unsqueeze(1), flat, weights.transpose(1, 2).expand(n, k, c))
+        return out.reshape(n, h, w, c).permute(0, 3, 1, 2)  # channels_last N x C x H x W
+    out = torch.baddbmm(bias.unsqueeze(2), weights.expand(n, c, k), x.reshape(n, k, h * w))
+    return out.reshape(n, c, h, w)
 
 
 class DeformGCBottleneckBlock(GCBottleneckBlock):
