@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,3 +28,21 @@ def table_config_names() -> list[str]:
     import gcnet_d2
 
     return [n for n in gcnet_d2.list_configs() if n.startswith("gcnet/")]
+
+
+def documented_commands(script: str) -> list[list[str]]:
+    """The arguments of every ```bash line in README.md and docs/*.md that runs ``script``."""
+    commands = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        if not doc.is_file():
+            continue
+        blocks = re.findall(r"```bash\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+        for block in blocks:
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                for i, word in enumerate(words):
+                    if word.endswith(script):
+                        args = words[i + 1 :]
+                        ends = [j for j, w in enumerate(args) if w in ("&&", "||", "|", ";")]
+                        commands.append(args[: ends[0]] if ends else args)
+    return commands

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from PIL import Image
 
 import gcnet_d2
 from gcnet_d2.data import SYNTHETIC_CLASSES, generate_synthetic_coco
+from tests.conftest import documented_commands
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo" / "demo.py"
@@ -176,24 +175,6 @@ def test_class_names_from_the_test_dataset() -> None:
     assert classes(QUICKSTART) == list(SYNTHETIC_CLASSES)
     coco = classes("gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml")
     assert len(coco) == 80 and coco[:3] == ["person", "bicycle", "car"]
-
-
-def documented_commands(script: str) -> list[list[str]]:
-    """The arguments of every ```bash line in README.md and docs/*.md that runs ``script``."""
-    commands = []
-    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
-        if not doc.is_file():
-            continue
-        blocks = re.findall(r"```bash\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
-        for block in blocks:
-            for line in block.replace("\\\n", " ").splitlines():
-                words = shlex.split(line, comments=True)
-                for i, word in enumerate(words):
-                    if word.endswith(script):
-                        args = words[i + 1 :]
-                        ends = [j for j, w in enumerate(args) if w in ("&&", "||", "|", ";")]
-                        commands.append(args[: ends[0]] if ends else args)
-    return commands
 
 
 def test_documented_commands_parse() -> None:
