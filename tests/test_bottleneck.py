@@ -12,7 +12,7 @@ from gcnet_d2.modeling import (
     DeformGCBottleneckBlock,
     FrozenStatsBatchNorm2d,
     GCBottleneckBlock,
-    reference_context_block,
+    reference_bottleneck_forward,
 )
 
 NORMS = ["FrozenBN", FrozenStatsBatchNorm2d, "BN"]
@@ -34,17 +34,6 @@ def randomize(module: torch.nn.Module) -> torch.nn.Module:
             elif name.endswith("norm.bias"):
                 b.normal_(0, 0.2)
     return module
-
-
-def plain_forward(block: GCBottleneckBlock, x: torch.Tensor) -> torch.Tensor:
-    """The mmdet statement: relu(gc(bn3(conv3(...))) + shortcut), with the reference GC."""
-    out = F.relu(block.conv1(x))
-    out = F.relu(block.conv2(out))
-    out = block.conv3(out)
-    if block.context_block is not None:
-        out = reference_context_block(block.context_block, out)
-    shortcut = x if block.shortcut is None else block.shortcut(x)
-    return F.relu(out + shortcut)
 
 
 def make_block(norm, fusion=("channel_add",), in_ch=64, stride=1, deform=False, groups=1):
@@ -71,7 +60,9 @@ def make_block(norm, fusion=("channel_add",), in_ch=64, stride=1, deform=False, 
 def test_matches_plain_formulation(norm, fusion, training):
     block = make_block(norm, fusion).train(training)
     x = torch.randn(2, 64, 10, 12)
-    torch.testing.assert_close(block(x), plain_forward(block, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        block(x), reference_bottleneck_forward(block, x), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("norm", ["FrozenBN", FrozenStatsBatchNorm2d])
@@ -88,7 +79,7 @@ def test_gradients_match_plain_formulation(norm):
     }
     block.zero_grad()
     x2 = x.clone().requires_grad_()
-    (plain_forward(block, x2) * grad_out).sum().backward()
+    (reference_bottleneck_forward(block, x2) * grad_out).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
     for name, p in block.named_parameters():
         torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -10,10 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gcnet_d2.modeling import ContextBlock, DeformConv2dWithOffset, reference_context_block
+from gcnet_d2.modeling import (
+    ContextBlock,
+    DeformConv2dWithOffset,
+    reference_bottleneck_forward,
+    reference_context_block,
+)
 from tests.conftest import table_config_names
 from tests.test_configs import check_row_builds_trains_and_infers
-from tests.test_fast_paths import FUSIONS, build, grads, plain_forward, randomize
+from tests.test_fast_paths import FUSIONS, build, grads, randomize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = {"rtol": 1e-4, "atol": 1e-5}
@@ -101,7 +106,7 @@ def test_bottleneck_cuda_matches_plain(norm, fusion, memory_format):
     params = dict(block.named_parameters())
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     out = block(x1)
-    expect = plain_forward(block, x2)
+    expect = reference_bottleneck_forward(block, x2)
     torch.testing.assert_close(out, expect, **TOL)
     with torch.no_grad():  # inference takes the unfolded path on a GPU
         torch.testing.assert_close(block(x), expect.detach(), **TOL)
@@ -115,7 +120,7 @@ def test_bottleneck_cuda_matches_plain(norm, fusion, memory_format):
 def test_bottleneck_bf16_autocast_cuda_is_close_to_fp32():
     block = build("FrozenBN", ("channel_add", "channel_mul")).cuda()
     x = torch.randn(2, 16, 8, 8, device="cuda")
-    expect = plain_forward(block, x)
+    expect = reference_bottleneck_forward(block, x)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = block(x)
     assert ((out.float() - expect).norm() / expect.norm()) < 2e-2

@@ -21,6 +21,7 @@ from gcnet_d2.modeling import (
     DeformGCBottleneckBlock,
     FrozenStatsBatchNorm2d,
     GCBottleneckBlock,
+    reference_bottleneck_forward,
     reference_context_block,
 )
 from gcnet_d2.modeling.bottleneck import conv1x1_per_sample
@@ -215,17 +216,6 @@ def test_conv1x1_per_sample(n, gated, per_sample_bias, memory_format):
 # --- the GC bottleneck --------------------------------------------------------------------
 
 
-def plain_forward(block: GCBottleneckBlock, x: torch.Tensor) -> torch.Tensor:
-    """mmdet's after_conv3 statement: relu(gc(bn3(conv3(.))) + shortcut), reference GC."""
-    out = F.relu(block.conv1(x))
-    out = F.relu(block.conv2(out))
-    out = block.conv3(out)
-    if block.context_block is not None:
-        out = reference_context_block(block.context_block, out)
-    shortcut = x if block.shortcut is None else block.shortcut(x)
-    return F.relu(out + shortcut)
-
-
 def make_block(norm, fusion=("channel_add",), *, stride=1, gc=True, deform=False, pooling="att"):
     cls = DeformGCBottleneckBlock if deform else GCBottleneckBlock
     block = cls(
@@ -283,7 +273,7 @@ def test_unfoldable_norm_takes_the_plain_path():
 def test_bottleneck_values_match_plain(norm, fusion, n):
     block = build(norm, fusion, stride=2)
     x = torch.randn(n, 16, 10, 8)
-    torch.testing.assert_close(block(x), plain_forward(block, x), **TOL)
+    torch.testing.assert_close(block(x), reference_bottleneck_forward(block, x), **TOL)
 
 
 @pytest.mark.parametrize("norm", ["FrozenBN", FrozenStatsBatchNorm2d])
@@ -300,7 +290,7 @@ def test_bottleneck_grads_match_plain(norm, fusion, n, memory_format):
     assert out.is_contiguous(memory_format=memory_format)
     fast = grads((out * g).sum(), {"x": x1, **tensors})
     x2 = x.clone().requires_grad_()
-    plain = grads((plain_forward(block, x2) * g).sum(), {"x": x2, **tensors})
+    plain = grads((reference_bottleneck_forward(block, x2) * g).sum(), {"x": x2, **tensors})
     assert_same_grads(fast, plain)
     if norm is FrozenStatsBatchNorm2d:  # the folded norm's affine still learns
         assert fast["conv3.norm.weight"].abs().sum() > 0
@@ -311,7 +301,7 @@ def test_bottleneck_without_context_block_matches_plain(norm):
     """gc_ratio=None: the same folded conv3, no GC (the benchmark's cost-attribution control)."""
     block = build(norm, gc=False)
     x = torch.randn(2, 16, 6, 6)
-    torch.testing.assert_close(block(x), plain_forward(block, x), **TOL)
+    torch.testing.assert_close(block(x), reference_bottleneck_forward(block, x), **TOL)
     assert block._foldable(torch.zeros(1))
 
 
@@ -326,7 +316,7 @@ def test_bottleneck_without_context_block_equals_detectron2s():
 def test_bottleneck_avg_pooling_matches_plain():
     block = build("FrozenBN", ("channel_add", "channel_mul"), pooling="avg")
     x = torch.randn(2, 16, 6, 6)
-    torch.testing.assert_close(block(x), plain_forward(block, x), **TOL)
+    torch.testing.assert_close(block(x), reference_bottleneck_forward(block, x), **TOL)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
@@ -335,13 +325,13 @@ def test_deform_bottleneck_matches_plain(memory_format):
     with torch.no_grad():  # real (non-zero) offsets
         block.conv2.conv_offset.weight.normal_(0, 0.05)
     x = torch.randn(2, 16, 9, 9).contiguous(memory_format=memory_format)
-    torch.testing.assert_close(block(x), plain_forward(block, x), **TOL)
+    torch.testing.assert_close(block(x), reference_bottleneck_forward(block, x), **TOL)
 
 
 def test_bottleneck_under_bf16_autocast_is_close_to_fp32():
     block = build("FrozenBN", ("channel_add", "channel_mul"))
     x = torch.randn(2, 16, 8, 8)
-    expect = plain_forward(block, x)
+    expect = reference_bottleneck_forward(block, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
     rel = (out.float() - expect).norm() / expect.norm()
@@ -385,7 +375,7 @@ def test_gc_backbone_matches_plain_formulation(monkeypatch):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         fast = backbone(x)
-        monkeypatch.setattr(GCBottleneckBlock, "forward", plain_forward)
+        monkeypatch.setattr(GCBottleneckBlock, "forward", reference_bottleneck_forward)
         plain = backbone(x)
     assert fast.keys() == plain.keys()
     for key in fast:  # random weights grow the activations: tolerance relative to their scale

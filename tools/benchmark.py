@@ -64,7 +64,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +81,7 @@ from gcnet_d2.modeling import (  # noqa: E402
     FrozenStatsBatchNorm2d,
     GCBottleneckBlock,
     build_gcnet_resnet_backbone,
+    reference_bottleneck_forward,
     reference_context_block,
 )
 
@@ -310,17 +310,6 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device, rss: boo
 
 # --------------------------------------------------------------------------------------
 # models
-
-
-def plain_bottleneck_forward(block: GCBottleneckBlock, x: torch.Tensor) -> torch.Tensor:
-    """detectron2's bottleneck + the plain mmcv block after conv3 + norm (mmdet after_conv3)."""
-    out = F.relu_(block.conv1(x))
-    out = F.relu_(block.conv2(out))
-    out = block.conv3(out)
-    if block.context_block is not None:
-        out = reference_context_block(block.context_block, out)
-    shortcut = x if block.shortcut is None else block.shortcut(x)
-    return F.relu_(out + shortcut)
 
 
 def randomize_context_blocks(model: nn.Module, seed: int = 0) -> None:
@@ -563,7 +552,7 @@ def section_bottleneck(s: Settings, timer: Timer) -> list[dict]:
             kw = {"bottleneck_channels": c // 4, "norm": FrozenStatsBatchNorm2d}
             gc_block = GCBottleneckBlock(c, c, gc_ratio=1 / 16, **kw).to(s.device)
             x = torch.randn(n, c, h, w, device=s.device)
-            calibrate_norms(gc_block, partial(plain_bottleneck_forward, gc_block, x))
+            calibrate_norms(gc_block, partial(reference_bottleneck_forward, gc_block, x))
             randomize_context_blocks(gc_block)
             no_gc = strip_context_blocks(gc_block)
             d2 = BottleneckBlock(c, c, **kw).to(s.device)
@@ -571,7 +560,7 @@ def section_bottleneck(s: Settings, timer: Timer) -> list[dict]:
             mods = {"d2 (no GC)": d2, "mmcv GC": gc_block, "ours": gc_block, "ours minus GC": no_gc}
             fns = {
                 "d2 (no GC)": d2,
-                "mmcv GC": partial(plain_bottleneck_forward, gc_block),
+                "mmcv GC": partial(reference_bottleneck_forward, gc_block),
                 "ours": gc_block,
                 "ours minus GC": no_gc,
             }
@@ -729,7 +718,7 @@ def section_flops(s: Settings, timer: Timer) -> list[dict]:
         backbone[name]["unsupported_ops"] = unsupported
     # the same GC r16 backbone run the plain mmcv way (conv_mask conv, norm pass, GC pass)
     original = GCBottleneckBlock.forward
-    GCBottleneckBlock.forward = plain_bottleneck_forward
+    GCBottleneckBlock.forward = reference_bottleneck_forward
     try:
         flops, _ = count(lambda: FvFlops(Flat(nets[R16]).eval(), (x,)))
         backbone["GC r16, mmcv formulation"] = {"params": count_params(nets[R16]), "flops": flops}

@@ -6,7 +6,7 @@ from .backbone import (
     build_gcnet_retinanet_resnet_fpn_backbone,
     validate_gcnet_config,
 )
-from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
+from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock, reference_bottleneck_forward
 from .cascade_heads import MMDetCascadeROIHeads
 from .context_block import ContextBlock, reference_context_block
 from .deform_conv import DeformConv2dWithOffset
@@ -22,6 +22,7 @@ __all__ = [
     "build_gcnet_resnet_backbone",
     "build_gcnet_resnet_fpn_backbone",
     "build_gcnet_retinanet_resnet_fpn_backbone",
+    "reference_bottleneck_forward",
     "reference_context_block",
     "resolve_norm",
     "validate_gcnet_config",

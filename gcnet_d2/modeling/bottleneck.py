@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from detectron2.layers import get_norm
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-from .context_block import ContextBlock
+from .context_block import ContextBlock, reference_context_block
 from .deform_conv import DeformConv2dWithOffset
 from .norm import frozen_affine, has_frozen_affine
 
@@ -139,6 +139,21 @@ def conv1x1_per_sample(
         return out.reshape(n, h, w, c).permute(0, 3, 1, 2)  # channels_last N x C x H x W
     out = torch.baddbmm(bias.unsqueeze(2), weights.expand(n, c, k), x.reshape(n, k, h * w))
     return out.reshape(n, c, h, w)
+
+
+def reference_bottleneck_forward(block: GCBottleneckBlock, x: torch.Tensor) -> torch.Tensor:
+    """mmdetection's ``after_conv3`` statement on ``block``'s weights, step by step:
+    ``relu(gc(norm3(conv3(.))) + shortcut)`` with :func:`reference_context_block`.
+
+    Used by tests and the benchmark as the formulation the fast paths must agree with.
+    """
+    out = F.relu_(block.conv1(x))
+    out = F.relu_(block.conv2(out))
+    out = block.conv3(out)
+    if block.context_block is not None:
+        out = reference_context_block(block.context_block, out)
+    shortcut = x if block.shortcut is None else block.shortcut(x)
+    return F.relu_(out + shortcut)
 
 
 class DeformGCBottleneckBlock(GCBottleneckBlock):
