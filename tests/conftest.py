@@ -46,3 +46,29 @@ def documented_commands(script: str) -> list[list[str]]:
                         ends = [j for j, w in enumerate(args) if w in ("&&", "||", "|", ";")]
                         commands.append(args[: ends[0]] if ends else args)
     return commands
+
+
+def randomize(
+    module: torch.nn.Module, std: float = 0.2, conv_std: float | None = None
+) -> torch.nn.Module:
+    """Non-trivial values everywhere: zero-initialised convs, norm affines and statistics.
+
+    Parameters ~ N(0, std) (``conv_std`` for conv weights and biases, when given); norm
+    weights get +1; running statistics and FrozenBN's buffer affine are drawn around theirs.
+    """
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            is_conv = "conv" in name and "norm" not in name
+            p.normal_(0, conv_std if conv_std is not None and is_conv else std)
+            if name.endswith("norm.weight"):
+                p.add_(1.0)
+        for name, b in module.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                b.normal_(0, 0.2)
+            elif name.endswith("norm.weight"):  # FrozenBN keeps its affine as buffers
+                b.uniform_(0.5, 1.5)
+            elif name.endswith("norm.bias"):
+                b.normal_(0, 0.2)
+    return module

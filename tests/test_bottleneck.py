@@ -14,26 +14,13 @@ from gcnet_d2.modeling import (
     GCBottleneckBlock,
     reference_bottleneck_forward,
 )
+from tests.conftest import randomize as randomize_module
 
 NORMS = ["FrozenBN", FrozenStatsBatchNorm2d, "BN"]
 
 
 def randomize(module: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.normal_(0, 0.1 if "conv" in name and "norm" not in name else 0.3)
-            if name.endswith("norm.weight"):
-                p.add_(1.0)
-        for name, b in module.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                b.normal_(0, 0.2)
-            elif name.endswith("norm.weight"):  # FrozenBN keeps weight/bias as buffers
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("norm.bias"):
-                b.normal_(0, 0.2)
-    return module
+    return randomize_module(module, std=0.3, conv_std=0.1)
 
 
 def make_block(norm, fusion=("channel_add",), in_ch=64, stride=1, deform=False, groups=1):

@@ -26,30 +26,12 @@ from gcnet_d2.modeling import (
 )
 from gcnet_d2.modeling.bottleneck import conv1x1_per_sample
 from gcnet_d2.modeling.context_block import attention_pool
+from tests.conftest import randomize
 
 FUSIONS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
 CL = torch.channels_last
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 GRAD_TOL = {"rtol": 1e-4, "atol": 1e-5}
-
-
-def randomize(module: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
-    """Non-trivial values everywhere: zero-initialised convs, norm affines and statistics."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.normal_(0, std)
-            if name.endswith("norm.weight"):
-                p.add_(1.0)
-        for name, b in module.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                b.normal_(0, 0.2)
-            elif name.endswith("norm.weight"):  # FrozenBN keeps its affine as buffers
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("norm.bias"):
-                b.normal_(0, 0.2)
-    return module
 
 
 def plain_attention_pool(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
