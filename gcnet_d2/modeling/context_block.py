@@ -219,31 +219,12 @@ class ContextBlock(nn.Module):
                 nn.init.zeros_(transform[-1].weight)
                 nn.init.zeros_(transform[-1].bias)
 
-    def pool(
-        self,
-        x: torch.Tensor,
-        scale: torch.Tensor | None = None,
-        shift: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The N x C context vector of ``x * scale + shift`` (per-channel affine, optional).
-
-        Pooling weights sum to one, so the affine can be applied to the pooled vector instead
-        of the whole map (the logits' shift ``conv_mask(shift)`` is a constant the softmax
-        ignores). This lets a bottleneck pool the conv output before its frozen norm.
-        """
-        n, c = x.shape[:2]
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The N x C context vector of ``x``: attention-weighted or plain mean over H x W."""
         if self.pooling == "att":
-            weight = self.conv_mask.weight.reshape(c)
-            if scale is not None:
-                weight = weight * scale
-            context = attention_pool(x, weight, self.conv_mask.bias)
-        else:
-            context = x.mean(dim=(2, 3))
-        if scale is not None:
-            context = context * scale
-        if shift is not None:
-            context = context + shift
-        return context
+            weight = self.conv_mask.weight.reshape(x.shape[1])
+            return attention_pool(x, weight, self.conv_mask.bias)
+        return x.mean(dim=(2, 3))
 
     def pool_projected(
         self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
@@ -278,24 +259,15 @@ class ContextBlock(nn.Module):
             addend = _transform(self.channel_add_conv, context)
         return gate, addend
 
-    def fusion_terms(
-        self, context: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(gate, addend)``, each N x C x 1 x 1 or None, from an N x C context vector."""
-        gate, addend = self.fusion_vectors(context)
-        if gate is not None:
-            gate = gate.reshape(*gate.shape, 1, 1)
-        if addend is not None:
-            addend = addend.reshape(*addend.shape, 1, 1)
-        return gate, addend
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, addend = self.fusion_terms(self.pool(x))
+        gate, addend = self.fusion_vectors(self.pool(x))
+        n, c = x.shape[:2]
         if gate is None:
-            return x + addend.to(x.dtype)
+            return x + addend.reshape(n, c, 1, 1).to(x.dtype)
+        gate = gate.reshape(n, c, 1, 1).to(x.dtype)
         if addend is None:
-            return x * gate.to(x.dtype)
-        return torch.addcmul(addend.to(x.dtype), x, gate.to(x.dtype))  # one pass over x
+            return x * gate
+        return torch.addcmul(addend.reshape(n, c, 1, 1).to(x.dtype), x, gate)  # one pass over x
 
     def extra_repr(self) -> str:
         return (

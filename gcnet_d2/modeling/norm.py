@@ -66,8 +66,8 @@ def resolve_norm(name: str, device: str = "cpu") -> str | Callable[[int], nn.Mod
 def frozen_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` with ``norm(x) == x * scale + shift`` per channel.
 
-    Valid only where :func:`has_frozen_affine` holds. Lets a block fold a per-channel term
-    into the norm instead of making another pass over the feature map.
+    Valid only where :func:`has_frozen_affine` holds. Lets the GC bottleneck fold the norm
+    into ``conv3`` instead of making another pass over the feature map.
     """
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     shift = norm.bias - norm.running_mean * scale
