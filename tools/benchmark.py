@@ -386,6 +386,17 @@ def model_cfg(depth: str, variant: str, device: torch.device):  # noqa: ANN201
     return cfg
 
 
+def share_plain_weights(nets: dict, with_control: bool) -> None:
+    """The GC variants in ``nets`` take the calibrated plain net's weights (their GC blocks
+    randomized); with ``with_control``, add the control: GC r16 with its GC blocks removed."""
+    for variant in (R16, R4):
+        if variant in nets:
+            load_shared(nets[variant], nets[PLAIN])
+            randomize_context_blocks(nets[variant])
+    if with_control:
+        nets[CONTROL] = strip_context_blocks(nets[R16])
+
+
 def build_backbones(depth: str, device: torch.device, size: tuple[int, int]) -> dict:
     torch.manual_seed(0)
     image = torch.randn(1, 3, *size, device=device)
@@ -394,10 +405,7 @@ def build_backbones(depth: str, device: torch.device, size: tuple[int, int]) -> 
         cfg = model_cfg(depth, variant, device)
         out[variant] = build_gcnet_resnet_backbone(cfg, ShapeSpec(channels=3)).to(device).eval()
     calibrate_norms(out[PLAIN], partial(out[PLAIN], image))
-    for variant in (R16, R4):
-        load_shared(out[variant], out[PLAIN])
-        randomize_context_blocks(out[variant])
-    out[CONTROL] = strip_context_blocks(out[R16])
+    share_plain_weights(out, with_control=True)
     return out
 
 
@@ -428,12 +436,7 @@ def build_models(
     image = inference_inputs(size, device)
     calibrate_norms(models[PLAIN], partial(models[PLAIN], image))
     peaked_class_scores(models[PLAIN])
-    for variant in (R16, R4):
-        if variant in models:
-            load_shared(models[variant], models[PLAIN])
-            randomize_context_blocks(models[variant])
-    if CONTROL in variants:
-        models[CONTROL] = strip_context_blocks(models[R16])
+    share_plain_weights(models, with_control=CONTROL in variants)
     return {k: models[k] for k in variants}
 
 
