@@ -31,6 +31,7 @@ from torch import nn
 
 from . import resume
 from .checkpoint import GCNetCheckpointer
+from .checkpoint.safe_load import atomic_write_text
 from .data import ensure_synthetic_generated
 from .data import robust as robust_data
 from .data.transforms import build_gcnet_augmentations
@@ -140,8 +141,5 @@ def write_results(output_dir: str, results: dict) -> str | None:
     if not comm.is_main_process() or not results:
         return None
     path = os.path.join(output_dir, "final_results.json")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(results, indent=2))
     return path

@@ -76,6 +76,7 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock  # noqa: E402
 from detectron2.structures import Boxes, Instances, PolygonMasks  # noqa: E402
 
 import gcnet_d2  # noqa: E402  (registers the backbones)
+from gcnet_d2.checkpoint.safe_load import atomic_write_text  # noqa: E402
 from gcnet_d2.modeling import (  # noqa: E402
     ContextBlock,
     FrozenStatsBatchNorm2d,
@@ -1070,13 +1071,6 @@ SECTIONS = {
 }
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file: never a half-written file."""
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def get_parser() -> argparse.ArgumentParser:
     """The command line of ``tools/benchmark.py``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1147,16 +1141,16 @@ def main(argv: list[str] | None = None) -> dict:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         report.setdefault("section_load", {})[name] = load
         print(f"  ({time.perf_counter() - t0:.0f} s, load average {load})", flush=True)
-        write_atomic(args.json, json.dumps(report, indent=1))  # the sections done so far
+        atomic_write_text(args.json, json.dumps(report, indent=1))  # the sections done so far
     report["machine"]["load_end"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     report["seconds"] = time.perf_counter() - start
     report["targets"] = targets(report)
     md = markdown(report)
     print()
     print(md)
-    write_atomic(args.json, json.dumps(report, indent=1))
+    atomic_write_text(args.json, json.dumps(report, indent=1))
     if args.markdown:
-        write_atomic(args.markdown, md)
+        atomic_write_text(args.markdown, md)
     print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
     return report
 
