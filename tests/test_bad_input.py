@@ -21,9 +21,9 @@ from torch._utils import ExceptionWrapper
 
 import train_net
 from gcnet_d2.config import add_gcnet_config
-from gcnet_d2.data.robust import DatasetError, validate_coco_json
+from gcnet_d2.data.validation import validate_coco_json
 from gcnet_d2.engine import GCNetTrainer
-from gcnet_d2.safety import one_line
+from gcnet_d2.errors import DatasetError, one_line
 from tests.safety_helpers import QUICKSTART, TINY_OPTS, run, subprocess_env
 
 H, W = 64, 80

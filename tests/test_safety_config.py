@@ -13,7 +13,8 @@ import pytest
 from detectron2.config import get_cfg
 
 import gcnet_d2
-from gcnet_d2.safety import ConfigError, load_config
+from gcnet_d2.config_loading import load_config
+from gcnet_d2.errors import ConfigError
 from tests.safety_helpers import QUICKSTART, run, subprocess_env
 
 
