@@ -24,7 +24,7 @@ from gcnet_d2.config import add_gcnet_config
 from gcnet_d2.data.validation import validate_coco_json
 from gcnet_d2.engine import GCNetTrainer
 from gcnet_d2.errors import DatasetError, one_line
-from tests.safety_helpers import QUICKSTART, TINY_OPTS, run, subprocess_env
+from tests.helpers import QUICKSTART, TINY_OPTS, run, subprocess_env
 
 H, W = 64, 80
 BOX = [10.0, 12.0, 30.0, 20.0]

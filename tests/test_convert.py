@@ -16,7 +16,7 @@ import gcnet_d2
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.errors import CheckpointMismatchError
 from tests import mmdet_reference as ref
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 needs_mmdet = pytest.mark.skipif(not ref.mmdet_available(), reason=ref.mmdet_unavailable_reason())
 R50_GC = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"

@@ -15,7 +15,7 @@ from detectron2.config import get_cfg
 import gcnet_d2
 from gcnet_d2.config_loading import load_config
 from gcnet_d2.errors import ConfigError
-from tests.safety_helpers import QUICKSTART, run, subprocess_env
+from tests.helpers import QUICKSTART, run, subprocess_env
 
 
 def _evil_yaml(path: Path, marker: Path, base: str | None = None) -> Path:
