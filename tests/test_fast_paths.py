@@ -33,7 +33,7 @@ from gcnet_d2.modeling.context_block_fast import (
     pool_projected,
     set_fast_paths,
 )
-from tests.conftest import randomize
+from tests.helpers import randomize
 
 FUSIONS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
 CL = torch.channels_last

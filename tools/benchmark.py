@@ -72,7 +72,7 @@ from gcnet_d2.benchmark.sections import (  # noqa: E402
 )
 from gcnet_d2.benchmark.targets import targets  # noqa: E402
 from gcnet_d2.benchmark.timing import Timer  # noqa: E402
-from gcnet_d2.checkpoint.safe_load import atomic_write_text  # noqa: E402
+from gcnet_d2.io import atomic_write_text  # noqa: E402
 
 SECTIONS = {
     "block": section_block,
