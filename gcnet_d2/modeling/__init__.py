@@ -9,6 +9,7 @@ from .backbone import (
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock, reference_bottleneck_forward
 from .cascade_heads import MMDetCascadeROIHeads
 from .context_block import ContextBlock, reference_context_block
+from .context_block_fast import set_fast_paths
 from .deform_conv import DeformConv2dWithOffset
 from .norm import FrozenStatsBatchNorm2d, resolve_norm
 
@@ -25,5 +26,6 @@ __all__ = [
     "reference_bottleneck_forward",
     "reference_context_block",
     "resolve_norm",
+    "set_fast_paths",
     "validate_gcnet_config",
 ]
