@@ -38,7 +38,7 @@ def add_gcnet_config(cfg: CN) -> CN:
     # (needs INPUT.MASK_FORMAT "bitmask" and INPUT.RESIZE_BACKEND "cv2").
     cfg.INPUT.MASK_RASTER = "detectron2"
 
-    # Dataset robustness (gcnet_d2.data.robust).
+    # Dataset robustness (gcnet_d2.data.validation, gcnet_d2.data.loaders).
     cfg.GCNET_DATA = CN()
     # True: training skips images that are missing, unreadable, undecodable or whose size
     # disagrees with their annotation, logging each with its reason and counting them.

@@ -27,7 +27,7 @@ from gcnet_d2.data.filtering import filter_like_mmdet
 from gcnet_d2.data.mapper import MMDetMaskMapper
 from gcnet_d2.engine import GCNetTrainer
 from tests import mmdet_reference as ref
-from tests.safety_helpers import QUICKSTART, TINY_OPTS
+from tests.helpers import QUICKSTART, TINY_OPTS
 
 H, W = 64, 80
 
