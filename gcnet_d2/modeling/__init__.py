@@ -1,5 +1,6 @@
 """Model components; importing this package registers the backbone builders."""
 
+from .assign import MaxIoUMatcher
 from .backbone import (
     build_gcnet_resnet_backbone,
     build_gcnet_resnet_fpn_backbone,
@@ -11,6 +12,8 @@ from .cascade_heads import MMDetCascadeROIHeads
 from .context_block import ContextBlock, reference_context_block
 from .deform_conv import DeformConv2dWithOffset
 from .norm import FrozenStatsBatchNorm2d, resolve_norm
+from .roi_heads import MMDetROIHeads
+from .rpn import MMDetRPN
 
 __all__ = [
     "ContextBlock",
@@ -19,6 +22,9 @@ __all__ = [
     "FrozenStatsBatchNorm2d",
     "GCBottleneckBlock",
     "MMDetCascadeROIHeads",
+    "MMDetROIHeads",
+    "MMDetRPN",
+    "MaxIoUMatcher",
     "build_gcnet_resnet_backbone",
     "build_gcnet_resnet_fpn_backbone",
     "build_gcnet_retinanet_resnet_fpn_backbone",
