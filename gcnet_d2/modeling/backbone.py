@@ -37,7 +37,7 @@ BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 def _check_per_stage(key: str, value: object) -> list[bool]:
-    if not isinstance(value, list | tuple) or len(value) != 4:
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 4:
         raise ValueError(f"{key} must list 4 booleans (res2..res5), got {value!r}")
     if not all(isinstance(v, bool) or v in (0, 1) for v in value):
         raise ValueError(f"{key} must hold booleans, got {value!r}")
