@@ -5,6 +5,8 @@ from .backbone import (
     build_gcnet_resnet_backbone,
     build_gcnet_resnet_fpn_backbone,
     build_gcnet_retinanet_resnet_fpn_backbone,
+    make_gcnet_stages,
+    make_gcnet_stem,
     validate_gcnet_config,
 )
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock, reference_bottleneck_forward
@@ -29,6 +31,8 @@ __all__ = [
     "build_gcnet_resnet_backbone",
     "build_gcnet_resnet_fpn_backbone",
     "build_gcnet_retinanet_resnet_fpn_backbone",
+    "make_gcnet_stages",
+    "make_gcnet_stem",
     "reference_bottleneck_forward",
     "reference_context_block",
     "resolve_norm",
