@@ -62,7 +62,7 @@ def realistic_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                     if seq is not None:
                         normal(seq[1].weight, 0.2, 1.0)
             elif isinstance(module, DeformConv2dWithOffset):
-                normal(module.conv_offset.weight, 0.02)
+                normal(module.conv_offset.weight, 0.002)
                 normal(module.conv_offset.bias, 0.7)
             elif hasattr(module, "running_var") and "bottom_up" in name:
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
