@@ -32,7 +32,7 @@ def add_gcnet_config(cfg: CN) -> CN:
     # (what the released checkpoints saw), "pil" = detectron2's default PIL bilinear.
     cfg.INPUT.RESIZE_BACKEND = "cv2"
 
-    # Dataset robustness (gcnet_d2.data.robust).
+    # Dataset robustness (gcnet_d2.data.validation, gcnet_d2.data.loaders).
     cfg.GCNET_DATA = CN()
     # True: training skips images that are missing, unreadable, undecodable or whose size
     # disagrees with their annotation, logging each with its reason and counting them.

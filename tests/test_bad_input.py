@@ -21,10 +21,10 @@ from torch._utils import ExceptionWrapper
 
 import train_net
 from gcnet_d2.config import add_gcnet_config
-from gcnet_d2.data.robust import DatasetError, validate_coco_json
+from gcnet_d2.data.validation import validate_coco_json
 from gcnet_d2.engine import GCNetTrainer
-from gcnet_d2.safety import one_line
-from tests.safety_helpers import QUICKSTART, TINY_OPTS, run, subprocess_env
+from gcnet_d2.errors import DatasetError, one_line
+from tests.helpers import QUICKSTART, TINY_OPTS, run, subprocess_env
 
 H, W = 64, 80
 BOX = [10.0, 12.0, 30.0, 20.0]

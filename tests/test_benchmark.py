@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, documented_commands
+from tests.helpers import REPO, documented_commands
 
 
 def _load_benchmark():

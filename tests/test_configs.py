@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 import gcnet_d2
 from gcnet_d2.modeling import ContextBlock, DeformConv2dWithOffset
-from tests.conftest import table_config_names
+from tests.helpers import table_config_names
 
 TABLE = table_config_names()
 

@@ -26,7 +26,7 @@ from gcnet_d2.modeling import (
 )
 from gcnet_d2.modeling.bottleneck import conv1x1_per_sample
 from gcnet_d2.modeling.context_block import attention_pool
-from tests.conftest import randomize
+from tests.helpers import randomize
 
 FUSIONS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
 CL = torch.channels_last

@@ -76,7 +76,7 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock  # noqa: E402
 from detectron2.structures import Boxes, Instances, PolygonMasks  # noqa: E402
 
 import gcnet_d2  # noqa: E402  (registers the backbones)
-from gcnet_d2.checkpoint.safe_load import atomic_write_text  # noqa: E402
+from gcnet_d2.io import atomic_write_text  # noqa: E402
 from gcnet_d2.modeling import (  # noqa: E402
     ContextBlock,
     FrozenStatsBatchNorm2d,
