@@ -5,7 +5,7 @@ docs/deploy.md for what each route supports and what stops the others.
 """
 
 from .compare import InstancesDiff, compare_instances, relative_error
-from .errors import ExportRouteError, atomic_output
+from .errors import ExportRouteError
 from .tracing import (
     eager_detections,
     load_traced,
@@ -18,7 +18,6 @@ from .tracing import (
 __all__ = [
     "ExportRouteError",
     "InstancesDiff",
-    "atomic_output",
     "compare_instances",
     "eager_detections",
     "load_traced",

@@ -21,7 +21,8 @@ import torch
 from detectron2.modeling import Backbone
 from torch import nn
 
-from .errors import ExportRouteError, atomic_output
+from ..io import atomic_open, atomic_write_bytes
+from .errors import ExportRouteError
 
 MIN_OPSET = 19  # ONNX DeformConv appears in opset 19
 MAX_UNITS = 256  # H and W up to 256 x size_divisibility (8192 px at stride 32)
@@ -73,11 +74,9 @@ def export_backbone(backbone: Backbone, sample: torch.Tensor) -> torch.export.Ex
         return torch.export.export(module, (sample,), dynamic_shapes=dynamic_hw(backbone))
 
 
-def export_backbone_onnx(
-    backbone: Backbone, sample: torch.Tensor, path: str, opset: int = MIN_OPSET
-) -> None:
-    """Write the backbone as ONNX (dynamo exporter, dynamic H and W) to ``path`` atomically,
-    after ``onnx.checker``'s full check (type and shape inference included)."""
+def onnx_bytes(backbone: Backbone, sample: torch.Tensor, opset: int = MIN_OPSET) -> bytes:
+    """The backbone as an ONNX file (dynamo exporter, dynamic H and W), after
+    ``onnx.checker``'s full check (type and shape inference included)."""
     if opset < MIN_OPSET:
         raise ExportRouteError(
             f"ONNX opset {opset}: DeformConv, which deformable convolutions export to, exists "
@@ -98,9 +97,22 @@ def export_backbone_onnx(
             output_names=list(module.names),
             verbose=False,
         )
-    with atomic_output(path) as tmp:
-        program.save(tmp)
-        onnx.checker.check_model(tmp, full_check=True)
+    proto = program.model_proto
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def export_backbone_onnx(
+    backbone: Backbone, sample: torch.Tensor, path: str, opset: int = MIN_OPSET
+) -> None:
+    """Write :func:`onnx_bytes` to ``path`` atomically."""
+    atomic_write_bytes(path, onnx_bytes(backbone, sample, opset))
+
+
+def save_program(program: torch.export.ExportedProgram, path: str) -> None:
+    """``torch.export.save`` to ``path`` atomically (``torch.export.load`` reads it)."""
+    with atomic_open(path) as f:
+        torch.export.save(program, f)
 
 
 def _import(name: str) -> Any:
@@ -112,11 +124,11 @@ def _import(name: str) -> Any:
         ) from e
 
 
-def onnxruntime_session(path: str) -> Any:
-    """An onnxruntime CPU session of ``path`` with onnxruntime's DEFAULT session options
-    (all graph optimisations on), as a user would open it."""
+def onnxruntime_session(model: str | bytes) -> Any:
+    """An onnxruntime CPU session of ``model`` (a path or the file's bytes) with
+    onnxruntime's DEFAULT session options (all graph optimisations on), as users open it."""
     ort = _import("onnxruntime")
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 
 def run_onnxruntime(session: Any, x: torch.Tensor) -> list[torch.Tensor]:

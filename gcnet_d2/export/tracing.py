@@ -15,6 +15,7 @@ the input format, so :func:`load_traced` / :func:`run_traced` need nothing but t
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,8 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from .errors import ExportRouteError, atomic_output
+from ..io import atomic_write_bytes
+from .errors import ExportRouteError
 
 META_FILE = "gcnet_d2_export.json"
 
@@ -79,7 +81,8 @@ def trace_detector(model: GeneralizedRCNN, image: torch.Tensor) -> tuple[Any, Tr
     return traced, adapter
 
 
-def _metadata(model: GeneralizedRCNN, input_format: str) -> dict:
+def metadata(model: GeneralizedRCNN, input_format: str) -> dict:
+    """What :func:`run_traced` needs to read the outputs: field names and input format."""
     # TracingAdapter flattens Instances fields in sorted name order, then the image size.
     names = ["pred_boxes", "pred_classes", "scores"]
     if getattr(model.roi_heads, "mask_on", False):
@@ -92,15 +95,21 @@ def _metadata(model: GeneralizedRCNN, input_format: str) -> dict:
     }
 
 
+def traced_bytes(traced: Any, model: GeneralizedRCNN, input_format: str) -> bytes:
+    """The ``torch.jit.save`` file of ``traced``, with :func:`metadata` as an extra file."""
+    buffer = io.BytesIO()
+    meta = json.dumps(metadata(model, input_format))
+    torch.jit.save(traced, buffer, _extra_files={META_FILE: meta})
+    return buffer.getvalue()
+
+
 def save_traced(traced: Any, path: str, model: GeneralizedRCNN, input_format: str) -> None:
-    """``torch.jit.save`` to ``path`` atomically, with the output field names as an extra file."""
-    meta = json.dumps(_metadata(model, input_format))
-    with atomic_output(path) as tmp:
-        torch.jit.save(traced, tmp, _extra_files={META_FILE: meta})
+    """Write :func:`traced_bytes` to ``path`` atomically."""
+    atomic_write_bytes(path, traced_bytes(traced, model, input_format))
 
 
-def load_traced(path: str, device: str | torch.device = "cpu") -> tuple[Any, dict]:
-    """``(module, metadata)`` of a file written by :func:`save_traced`, on ``device``."""
+def load_traced(path: str | io.BytesIO, device: str | torch.device = "cpu") -> tuple[Any, dict]:
+    """``(module, metadata)`` of a file (or buffer) written by :func:`save_traced`."""
     extra = {META_FILE: ""}
     module = torch.jit.load(path, map_location=device, _extra_files=extra)
     if not extra[META_FILE]:
