@@ -89,7 +89,7 @@ def tiny_detector(family: str, seed: int = 0) -> tuple[CfgNode, torch.nn.Module]
     return cfg, realistic_weights(build_model(cfg), seed).eval()
 
 
-def test_image(height: int, width: int, seed: int) -> torch.Tensor:
+def sample_image(height: int, width: int, seed: int) -> torch.Tensor:
     """A uint8 C x H x W image of a few flat rectangles on noise (content varies with seed)."""
     g = torch.Generator().manual_seed(seed)
     image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)

@@ -29,7 +29,7 @@ from gcnet_d2.export import (
 from gcnet_d2.export import backbone as bb
 from gcnet_d2.export.routes import check_route, export_detector_program
 from gcnet_d2.modeling import ContextBlock, DeformConv2dWithOffset
-from tests.export_helpers import FAMILIES, test_image, tiny_detector
+from tests.export_helpers import FAMILIES, sample_image, tiny_detector
 
 TRACE_IMAGE = (128, 160, 0)  # height, width, seed
 CHECK_IMAGES = [(160, 224, 1), (96, 128, 3), (192, 256, 2)]
@@ -77,7 +77,7 @@ def assert_realistic(model: torch.nn.Module, image: torch.Tensor) -> None:
 
 def test_traced_detector_equals_eager_at_other_sizes_and_counts(family, tmp_path):
     name, model = family
-    trace_image = test_image(*TRACE_IMAGE)
+    trace_image = sample_image(*TRACE_IMAGE)
     assert_realistic(model, trace_image)
     with torch.enable_grad():  # the trace must not depend on grad mode
         traced, _ = trace_detector(model, trace_image)
@@ -89,7 +89,7 @@ def test_traced_detector_equals_eager_at_other_sizes_and_counts(family, tmp_path
     trace_count = len(eager_detections(model, trace_image))
     counts = []
     for i, (h, w, seed) in enumerate(CHECK_IMAGES):
-        image = test_image(h, w, seed)
+        image = sample_image(h, w, seed)
         expected = eager_detections(model, image)
         with torch.set_grad_enabled(i % 2 == 0):
             got = run_traced(loaded, meta, image)
@@ -160,5 +160,5 @@ def test_whole_detector_torch_export_stops_where_the_docs_say():
     """docs/deploy.md names the construct; this pins it (update both if it moves)."""
     _, model = tiny_detector("gc_mask")
     with pytest.raises(ExportRouteError) as info:
-        export_detector_program(model, test_image(*TRACE_IMAGE))
+        export_detector_program(model, sample_image(*TRACE_IMAGE))
     assert "proposal_utils.py" in str(info.value) and "valid_mask" in str(info.value)
