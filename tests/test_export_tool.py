@@ -111,3 +111,20 @@ def test_unreadable_sample_image_exits_2(tiny_files, tmp_path):
     proc = run(args, _env(), timeout=600)
     assert proc.returncode == 2 and "broken.png" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "out" / "model.ts").exists()
+
+
+def test_documented_commands_parse_and_take_a_route():
+    import importlib.util
+
+    from gcnet_d2.export.routes import check_route
+    from tests.helpers import documented_commands
+
+    spec = importlib.util.spec_from_file_location("export_model", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    commands = documented_commands("tools/export_model.py")
+    assert len(commands) >= 6  # three routes, in README.md and docs/deploy.md
+    for args in commands:
+        parsed = tool.parse_args(args)
+        assert (REPO / parsed.config_file).is_file(), parsed.config_file
+        check_route(parsed.export_method, parsed.format, parsed.part, parsed.opset)
