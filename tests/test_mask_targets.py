@@ -179,6 +179,16 @@ def test_crowd_and_empty_records(tmp_path) -> None:
     assert len(out) == 0
 
 
+def test_rasterize_accepts_arrays_and_names_bad_input() -> None:
+    mask = rasterize_segmentation(POLYGONS[0], H0, W0)
+    assert mask.dtype == np.uint8 and 100 < mask.sum() < H0 * W0
+    assert np.array_equal(rasterize_segmentation(mask.astype(bool), H0, W0), mask)
+    with pytest.raises(ValueError, match="mask of size"):
+        rasterize_segmentation(mask[:-1], H0, W0)
+    with pytest.raises(ValueError, match="segmentation of type str"):
+        rasterize_segmentation("polygon", H0, W0)
+
+
 def test_incompatible_keys_fail_naming_them() -> None:
     with pytest.raises(ValueError, match="INPUT.MASK_FORMAT.*'polygon'"):
         build_gcnet_mapper(_cfg(mask_format="polygon"), True)

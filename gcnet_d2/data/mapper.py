@@ -48,7 +48,8 @@ def rasterize_segmentation(segm: list | dict, height: int, width: int) -> np.nda
     """Rasterise one instance's COCO segmentation at ``height x width`` (uint8 0/1).
 
     Polygons (a list of flat ``[x0, y0, x1, y1, ...]`` lists, the parts of one object) are
-    merged into one mask; RLE may be compressed or not. Same as mmdetection's ``poly2mask``.
+    merged into one mask; RLE may be compressed or not (mmdetection's ``poly2mask``); a 2-D
+    array of the image's size is taken as the mask.
     """
     if isinstance(segm, list):
         polygons = [[float(v) for v in p] for p in segm]
@@ -57,9 +58,14 @@ def rasterize_segmentation(segm: list | dict, height: int, width: int) -> np.nda
         rle = mask_util.frPyObjects(segm, height, width)
     elif isinstance(segm, dict):
         rle = segm
+    elif isinstance(segm, np.ndarray) and segm.ndim == 2:
+        if segm.shape != (height, width):
+            raise ValueError(f"mask of size {segm.shape} on an image of size {(height, width)}")
+        return (segm > 0).astype(np.uint8)
     else:
         raise ValueError(
-            f"segmentation of type {type(segm).__name__}: expected COCO polygons or RLE"
+            f"segmentation of type {type(segm).__name__}: expected COCO polygons, RLE or a "
+            "2-D mask array"
         )
     mask = mask_util.decode(rle)
     if mask.shape != (height, width):
