@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_util
 import torch.nn.functional as F
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from detectron2.data import DatasetMapper
 from detectron2.structures import BitMasks
 
@@ -92,6 +92,15 @@ class MMDetMaskMapper(DatasetMapper):
     ``gt_masks`` are then larger than ``instances.image_size`` by that padding; boxes, the
     image and everything else are detectron2's.
     """
+
+    @configurable
+    def __init__(self, is_train: bool, **kwargs) -> None:  # noqa: ANN003 - DatasetMapper's
+        super().__init__(is_train, **kwargs)
+        if self.use_instance_mask and self.instance_mask_format != "bitmask":
+            raise ValueError(
+                "MMDetMaskMapper makes bitmap masks: it needs INPUT.MASK_FORMAT 'bitmask' "
+                f"(instance_mask_format), got {self.instance_mask_format!r}"
+            )
 
     def _transform_annotations(self, dataset_dict: dict, transforms, image_shape) -> None:  # noqa: ANN001
         if self.use_instance_mask:
