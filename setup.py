@@ -27,7 +27,7 @@ setup(
     python_requires=">=3.10",
     packages=[*find_packages(include=["gcnet_d2", "gcnet_d2.*"]), "gcnet_d2.configs"],
     package_dir={"gcnet_d2.configs": "configs"},
-    package_data={"gcnet_d2.configs": ["*.yaml", "*/*.yaml"]},
+    package_data={"gcnet_d2.configs": ["*.yaml", "*/*.yaml", "*/*.py", "*/*/*.py"]},
     install_requires=[
         "torch>=2.0",
         "torchvision>=0.15",

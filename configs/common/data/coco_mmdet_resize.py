@@ -1,0 +1,54 @@
+"""``dataloader``: COCO with mmdetection's pipeline (Base-GCNet-RCNN-FPN.yaml's INPUT,
+DATASETS and DATALOADER): keep-ratio resize to 800 x 1333 by OpenCV bilinear, as the released
+checkpoints saw, horizontal flip in training, RGB, polygon masks."""
+
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.evaluation import COCOEvaluator
+from omegaconf import OmegaConf
+
+from gcnet_d2.data.transforms import MMDetResizeShortestEdge
+from gcnet_d2.engine import has_fast_coco_eval
+
+dataloader = OmegaConf.create()
+
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=True),
+    mapper=L(DatasetMapper)(
+        is_train=True,
+        augmentations=[
+            L(MMDetResizeShortestEdge)(short_edge_length=(800,), max_size=1333, backend="cv2"),
+            L(T.RandomFlip)(horizontal=True, vertical=False),
+        ],
+        image_format="RGB",
+        use_instance_mask=True,
+        instance_mask_format="polygon",
+    ),
+    total_batch_size=16,
+    aspect_ratio_grouping=True,
+    num_workers=4,
+)
+
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
+    mapper=L(DatasetMapper)(
+        is_train=False,
+        augmentations=[
+            L(MMDetResizeShortestEdge)(short_edge_length=(800,), max_size=1333, backend="cv2"),
+        ],
+        image_format="${...train.mapper.image_format}",
+    ),
+    num_workers="${..train.num_workers}",
+)
+
+# detectron2's compiled COCOeval when its extension loads, pycocotools' otherwise (same AP).
+dataloader.evaluator = L(COCOEvaluator)(
+    dataset_name="${..test.dataset.names}",
+    use_fast_impl=L(has_fast_coco_eval)(),
+)
