@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
@@ -162,3 +163,37 @@ def test_whole_detector_torch_export_stops_where_the_docs_say():
     with pytest.raises(ExportRouteError) as info:
         export_detector_program(model, sample_image(*TRACE_IMAGE))
     assert "proposal_utils.py" in str(info.value) and "valid_mask" in str(info.value)
+
+
+@pytest.mark.parametrize("groups,deform_groups,offset_std", [(1, 1, 0.7), (2, 2, 3.0)])
+def test_onnxruntime_runs_deform_conv_like_torchvision(groups, deform_groups, offset_std):
+    """ONNX DeformConv (opset 19) in onnxruntime's CPU provider, default options."""
+    _needs("onnxscript"), _needs("onnxruntime")
+    layer = DeformConv2dWithOffset(8, 16, 3, groups=groups, deform_groups=deform_groups).eval()
+    with torch.no_grad():
+        layer.conv_offset.weight.normal_(0, 0.05)
+        layer.conv_offset.bias.normal_(0, offset_std)  # offsets of up to several pixels
+    x = torch.randn(1, 8, 20, 24)
+    with torch.no_grad():
+        program = torch.onnx.export(layer, (x,), dynamo=True, opset_version=19)
+    assert "DeformConv" in {n.op_type for n in program.model_proto.graph.node}
+    session = bb.onnxruntime_session(program.model_proto.SerializeToString())
+    with torch.no_grad():
+        expected = layer(x)
+    assert relative_error(expected, bb.run_onnxruntime(session, x)[0]) <= 1e-5
+
+
+def test_onnxruntime_matmul_transpose_repro_runs():
+    """docs/deploy.md's reproduction: runs, and its verdict matches its figures."""
+    _needs("onnxruntime")
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    script = REPO / "tools" / "onnxruntime_matmul_transpose_repro.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    default, disabled = (float(v) for v in re.findall(r"relative error (\S+)", proc.stdout))
+    assert disabled < 1e-6  # the graph itself is right
+    assert proc.returncode == (1 if default > 1e-4 else 0)
