@@ -63,6 +63,12 @@ def add_gcnet_config(cfg: CN) -> CN:
     # Image resizing of gcnet_d2's dataset mapper: "cv2" = cv2.INTER_LINEAR as mmdetection
     # (what the released checkpoints saw), "pil" = detectron2's default PIL bilinear.
     cfg.INPUT.RESIZE_BACKEND = "cv2"
+    # Instance masks of the training mapper (gcnet_d2.data.mapper): "detectron2" = detectron2's
+    # (polygons transformed, then rasterised per RoI or at the image size); "mmdet" = polygons
+    # rasterised at the original image size, resized (nearest) and flipped with the image,
+    # zero-padded to 32, the RoI targets cut from that bitmap by RoIAlign, as mmdetection
+    # (needs INPUT.MASK_FORMAT "bitmask" and INPUT.RESIZE_BACKEND "cv2").
+    cfg.INPUT.MASK_RASTER = "detectron2"
 
     # Dataset robustness (gcnet_d2.data.validation, gcnet_d2.data.loaders).
     cfg.GCNET_DATA = CN()
@@ -70,6 +76,12 @@ def add_gcnet_config(cfg: CN) -> CN:
     # disagrees with their annotation, logging each with its reason and counting them.
     # False: such an image stops training with an error naming the file. Evaluation never skips.
     cfg.GCNET_DATA.SKIP_BAD_IMAGES = False
+    # Which training images and annotations are used (gcnet_d2.data.filtering): "detectron2"
+    # (DATALOADER.FILTER_EMPTY_ANNOTATIONS drops images without a non-crowd annotation) or
+    # "mmdet" (mmdetection's CocoDataset: keeps crowd-only images as images without ground
+    # truth, drops images under 32 px and boxes with w < 1 or h < 1;
+    # DATALOADER.FILTER_EMPTY_ANNOTATIONS then drops only images without any annotation).
+    cfg.GCNET_DATA.FILTER = "detectron2"
     return cfg
 
 

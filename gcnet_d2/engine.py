@@ -1,7 +1,9 @@
 """``GCNetTrainer``: detectron2's DefaultTrainer with COCO evaluation and CPU multi-process.
 
 Five things differ from ``DefaultTrainer``:
-- images are resized as mmdetection does (:mod:`gcnet_d2.data.transforms`);
+- images are resized as mmdetection does (:mod:`gcnet_d2.data.transforms`), and with
+  ``INPUT.MASK_RASTER: mmdet`` mask targets are cut from mmdetection's bitmaps
+  (:mod:`gcnet_d2.data.mapper`);
 - data loading is checked (:mod:`gcnet_d2.data.loaders`: errors name the file, broken images can
   be skipped with ``GCNET_DATA.SKIP_BAD_IMAGES``) and resumable: checkpoints also hold the data
   position and RNG states, so ``--resume`` continues the run it resumes (:mod:`gcnet_d2.resume`);
@@ -24,7 +26,6 @@ from collections.abc import Iterator
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from torch import nn
@@ -32,7 +33,7 @@ from torch import nn
 from . import resume
 from .checkpoint import GCNetCheckpointer
 from .data import ensure_synthetic_generated, loaders
-from .data.transforms import build_gcnet_augmentations
+from .data.mapper import build_gcnet_mapper
 from .io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -71,13 +72,13 @@ class GCNetTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):  # noqa: ANN206 - detectron2 signature
-        mapper = DatasetMapper(cfg, True, augmentations=build_gcnet_augmentations(cfg, True))
+        mapper = build_gcnet_mapper(cfg, True)
         # Checked data (GCNET_DATA.SKIP_BAD_IMAGES), resumable sampler, own RNG generator.
         return loaders.build_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):  # noqa: ANN206
-        mapper = DatasetMapper(cfg, False, augmentations=build_gcnet_augmentations(cfg, False))
+        mapper = build_gcnet_mapper(cfg, False)
         return loaders.build_test_loader(cfg, dataset_name, mapper=mapper)
 
     # Resume state beyond detectron2's (data position, RNGs): see gcnet_d2.resume.

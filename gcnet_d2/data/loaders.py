@@ -36,6 +36,7 @@ from PIL import Image
 
 from ..errors import DatasetError
 from ..resume import ResumableSampler
+from .filtering import DATASET_FILTERS, filter_like_mmdet
 from .validation import SKIP_HINT, check_records, load_dataset_dicts
 
 __all__ = ["RobustMapper", "build_test_loader", "build_train_loader"]
@@ -133,15 +134,27 @@ def build_train_loader(cfg: CfgNode, mapper: Callable[[dict], Any] | None = None
     """
     skip_bad = bool(cfg.GCNET_DATA.SKIP_BAD_IMAGES) if "GCNET_DATA" in cfg else False
     names = list(cfg.DATASETS.TRAIN)
+    filter_mode = (
+        cfg.GCNET_DATA.get("FILTER", "detectron2") if "GCNET_DATA" in cfg else "detectron2"
+    )
+    if filter_mode not in DATASET_FILTERS:
+        raise ValueError(f"GCNET_DATA.FILTER must be one of {DATASET_FILTERS}, got {filter_mode!r}")
     dicts = load_dataset_dicts(
         names,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and filter_mode == "detectron2",
         min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
         if cfg.MODEL.KEYPOINT_ON
         else 0,
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
     dicts, _ = check_records(dicts, skip_bad=skip_bad, what=f"training set {names}")
+    if filter_mode == "mmdet":
+        dicts = filter_like_mmdet(dicts, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        if not dicts:
+            raise DatasetError(
+                f"training set {names}: no image left by GCNET_DATA.FILTER 'mmdet' (all "
+                "without annotations or under 32 px)"
+            )
     robust = RobustMapper(
         mapper if mapper is not None else DatasetMapper(cfg, True),
         skip_bad=skip_bad,

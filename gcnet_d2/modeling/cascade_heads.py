@@ -227,7 +227,9 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             logits.append(predictions[0])
         scores = (sum(logits) / float(self.num_cascade_stages)).softmax(dim=-1)
-        scores = scores.split([len(p) for p in proposals])
+        # Sizes read from tensor shapes, not len(): a trace keeps them symbolic (len() would
+        # bake in the trace image's counts).
+        scores = scores.split([p.proposal_boxes.tensor.shape[0] for p in proposals])
         predictor = self.box_predictor[-1]
         instances, _ = fast_rcnn_inference(
             boxes,
@@ -251,9 +253,11 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         probs = probs / float(len(self.mask_head))
         if probs.shape[1] == 1:
             chosen = probs
-        else:
+        else:  # each detection's own class; gather builds no index tensor on a fixed device
             classes = cat([x.pred_classes for x in instances])
-            chosen = probs[torch.arange(len(classes), device=probs.device), classes][:, None]
-        for inst, masks in zip(instances, chosen.split([len(x) for x in instances]), strict=True):
+            index = classes.reshape(-1, 1, 1, 1).expand(-1, 1, probs.shape[2], probs.shape[3])
+            chosen = probs.gather(1, index)
+        counts = [x.pred_classes.shape[0] for x in instances]  # symbolic under tracing
+        for inst, masks in zip(instances, chosen.split(counts), strict=True):
             inst.pred_masks = masks
         return instances
