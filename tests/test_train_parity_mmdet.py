@@ -316,7 +316,9 @@ def test_head_init_matches_mmdetection():
 
     register_all_modules(init_default_scope=True)
     torch.manual_seed(0)
-    mm = MODELS.build(ref.mmdet_model_cfg("mask_rcnn_r50_gc_r16", num_classes=80))
+    from mmengine.config import ConfigDict
+
+    mm = MODELS.build(ConfigDict(ref.mmdet_model_cfg("mask_rcnn_r50_gc_r16", num_classes=80)))
     mm.init_weights()
     cfg = gcnet_d2.get_config(CASES["mask_rcnn_r50_gc_r16"][0])
     cfg.MODEL.DEVICE = "cpu"
