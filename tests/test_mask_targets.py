@@ -179,6 +179,16 @@ def test_crowd_and_empty_records(tmp_path) -> None:
     assert len(out) == 0
 
 
+def test_rasterize_accepts_arrays_and_names_bad_input() -> None:
+    mask = rasterize_segmentation(POLYGONS[0], H0, W0)
+    assert mask.dtype == np.uint8 and 100 < mask.sum() < H0 * W0
+    assert np.array_equal(rasterize_segmentation(mask.astype(bool), H0, W0), mask)
+    with pytest.raises(ValueError, match="mask of size"):
+        rasterize_segmentation(mask[:-1], H0, W0)
+    with pytest.raises(ValueError, match="segmentation of type str"):
+        rasterize_segmentation("polygon", H0, W0)
+
+
 def test_incompatible_keys_fail_naming_them() -> None:
     with pytest.raises(ValueError, match="INPUT.MASK_FORMAT.*'polygon'"):
         build_gcnet_mapper(_cfg(mask_format="polygon"), True)
@@ -191,3 +201,24 @@ def test_incompatible_keys_fail_naming_them() -> None:
     assert type(build_gcnet_mapper(_cfg(), True)) is MMDetMaskMapper
     assert type(build_gcnet_mapper(_cfg(), False)) is DatasetMapper
     assert type(build_gcnet_mapper(_cfg("detectron2", "polygon"), True)) is DatasetMapper
+
+
+def test_lazy_configs_mirror_the_yaml_keys() -> None:
+    """The LazyConfig rows use the same mapper and filter as ``INPUT.MASK_RASTER: mmdet`` and
+    ``GCNET_DATA.FILTER: mmdet``; the mapper refuses polygon masks, naming the key."""
+    from detectron2.config import instantiate
+
+    import gcnet_d2
+    from gcnet_d2.data.filtering import get_mmdet_filtered_dicts
+
+    for row in (
+        "mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco",
+        "cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_1x_coco",
+    ):
+        train = gcnet_d2.get_config(f"gcnet/{row}.py").dataloader.train
+        assert train.dataset._target_ is get_mmdet_filtered_dicts
+        mapper = instantiate(train.mapper)
+        assert type(mapper) is MMDetMaskMapper and mapper.instance_mask_format == "bitmask"
+        train.mapper.instance_mask_format = "polygon"
+        with pytest.raises(ValueError, match="INPUT.MASK_FORMAT 'bitmask'"):
+            instantiate(train.mapper)

@@ -168,3 +168,18 @@ def test_learning_rate_equals_mmdetection_every_iteration() -> None:
     }
     for it, value in expected.items():
         assert seen[it] == pytest.approx((value, value), rel=1e-9), it
+
+
+def test_lazy_config_schedule_equals_the_yaml_one() -> None:
+    from detectron2.config import instantiate
+
+    lazy = instantiate(gcnet_d2.get_config(ROW.replace(".yaml", ".py")).lr_multiplier)
+    optimizer, scheduler = _ours(_toy_model())
+    max_iter = gcnet_d2.get_config(ROW).SOLVER.MAX_ITER
+    for it in CHECKED_ITERS:
+        scheduler.last_epoch = it - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler.step()
+        (lr,) = {g["lr"] for g in optimizer.param_groups}
+        assert lr == pytest.approx(0.02 * lazy(it / max_iter), rel=1e-12), it

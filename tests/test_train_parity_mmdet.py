@@ -297,3 +297,29 @@ def test_one_training_step_matches_mmdetection(models, budget, float64_determini
     print(kind, budget, "worst gradient", worst_grad, f"{rel[worst_grad]:.1e}")
     bad = {n: f"{r:.2e}" for n, r in rel.items() if r > 1e-5}
     assert not bad, f"{len(bad)} gradients differ (relative L2): {dict(list(bad.items())[:8])}"
+
+
+def test_head_init_matches_mmdetection():
+    """Layers trained from scratch start from mmdetection's distributions (its own
+    ``init_weights`` on the model of its config file): same std and range per layer."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    torch.manual_seed(0)
+    mm = MODELS.build(ref.mmdet_model_cfg("mask_rcnn_r50_gc_r16", num_classes=80))
+    mm.init_weights()
+    cfg = gcnet_d2.get_config(CASES["mask_rcnn_r50_gc_r16"][0])
+    cfg.MODEL.DEVICE = "cpu"
+    ours = dict(build_model(cfg).named_parameters())
+    compared = 0
+    for name, p in mm.named_parameters():
+        if name.startswith("backbone.") or p.dim() < 2:
+            continue  # backbone: ImageNet weights; biases: zero on both sides (checked below)
+        mine = ours[_mmdet_name(name)]
+        assert float(mine.std()) == pytest.approx(float(p.std()), rel=0.05), name
+        assert float(mine.abs().max()) <= 1.5 * float(p.abs().max()), name
+        bias = ours[_mmdet_name(name).replace(".weight", ".bias")]
+        assert not bias.any(), name
+        compared += 1
+    assert compared >= 15  # FPN 8, RPN 3, box head 4, mask head 6

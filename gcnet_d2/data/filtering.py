@@ -19,10 +19,17 @@ boxes narrower than a pixel and drops only boxes that are empty after the transf
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.structures import BoxMode
 
-__all__ = ["DATASET_FILTERS", "MMDET_MIN_IMAGE_SIZE", "filter_like_mmdet"]
+__all__ = [
+    "DATASET_FILTERS",
+    "MMDET_MIN_IMAGE_SIZE",
+    "filter_like_mmdet",
+    "get_mmdet_filtered_dicts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +74,12 @@ def filter_like_mmdet(
         dropped_annos,
     )
     return kept
+
+
+def get_mmdet_filtered_dicts(
+    names: str | Sequence[str], *, filter_empty: bool = True, min_size: int = MMDET_MIN_IMAGE_SIZE
+) -> list[dict]:
+    """The registered datasets ``names``, filtered as mmdetection filters them: the LazyConfig
+    counterpart of ``GCNET_DATA.FILTER: mmdet`` (detectron2's own filter is not applied)."""
+    dicts = get_detection_dataset_dicts(names, filter_empty=False)
+    return filter_like_mmdet(dicts, filter_empty=filter_empty, min_size=min_size)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_util
 import torch.nn.functional as F
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from detectron2.data import DatasetMapper
 from detectron2.structures import BitMasks
 
@@ -48,7 +48,8 @@ def rasterize_segmentation(segm: list | dict, height: int, width: int) -> np.nda
     """Rasterise one instance's COCO segmentation at ``height x width`` (uint8 0/1).
 
     Polygons (a list of flat ``[x0, y0, x1, y1, ...]`` lists, the parts of one object) are
-    merged into one mask; RLE may be compressed or not. Same as mmdetection's ``poly2mask``.
+    merged into one mask; RLE may be compressed or not (mmdetection's ``poly2mask``); a 2-D
+    array of the image's size is taken as the mask.
     """
     if isinstance(segm, list):
         polygons = [[float(v) for v in p] for p in segm]
@@ -57,9 +58,14 @@ def rasterize_segmentation(segm: list | dict, height: int, width: int) -> np.nda
         rle = mask_util.frPyObjects(segm, height, width)
     elif isinstance(segm, dict):
         rle = segm
+    elif isinstance(segm, np.ndarray) and segm.ndim == 2:
+        if segm.shape != (height, width):
+            raise ValueError(f"mask of size {segm.shape} on an image of size {(height, width)}")
+        return (segm > 0).astype(np.uint8)
     else:
         raise ValueError(
-            f"segmentation of type {type(segm).__name__}: expected COCO polygons or RLE"
+            f"segmentation of type {type(segm).__name__}: expected COCO polygons, RLE or a "
+            "2-D mask array"
         )
     mask = mask_util.decode(rle)
     if mask.shape != (height, width):
@@ -86,6 +92,15 @@ class MMDetMaskMapper(DatasetMapper):
     ``gt_masks`` are then larger than ``instances.image_size`` by that padding; boxes, the
     image and everything else are detectron2's.
     """
+
+    @configurable
+    def __init__(self, is_train: bool, **kwargs) -> None:  # noqa: ANN003 - DatasetMapper's
+        super().__init__(is_train, **kwargs)
+        if self.use_instance_mask and self.instance_mask_format != "bitmask":
+            raise ValueError(
+                "MMDetMaskMapper makes bitmap masks: it needs INPUT.MASK_FORMAT 'bitmask' "
+                f"(instance_mask_format), got {self.instance_mask_format!r}"
+            )
 
     def _transform_annotations(self, dataset_dict: dict, transforms, image_shape) -> None:  # noqa: ANN001
         if self.use_instance_mask:
