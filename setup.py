@@ -38,5 +38,10 @@ setup(
         "Pillow",
         "PyYAML",
     ],
-    extras_require={"dev": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={
+        "dev": ["pytest>=7", "ruff>=0.5"],
+        # ONNX export and its onnxruntime check (tools/export_model.py --format onnx), at the
+        # versions verified together (docs/deploy.md); TorchScript and torch.export need none.
+        "export": ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.32.0"],
+    },
 )

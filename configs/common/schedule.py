@@ -30,4 +30,5 @@ def step_schedule(
 
 # 1x: 12 epochs of 16 images over COCO train2017 (117,266 images with annotations):
 # 7,329 iterations per epoch, lr x0.1 after epochs 8 and 11.
-lr_multiplier_1x = step_schedule(87948, (58632, 80619))
+# Warm-up reaching 1x at iteration 499 as mmdetection 3.x's LinearLR(end=500) (2.x: 500).
+lr_multiplier_1x = step_schedule(87948, (58632, 80619), warmup_iters=499)

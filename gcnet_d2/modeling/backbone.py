@@ -28,9 +28,11 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock
 from torch import nn
 
+from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .context_block import validate_context_args
+from .init import init_fpn_like_mmdet
 from .norm import resolve_norm
 
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -251,8 +253,9 @@ def build_gcnet_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
 def _fpn(
     cfg: CfgNode, input_shape: ShapeSpec, make_top_block: Callable[[ResNet], nn.Module]
 ) -> FPN:
+    validate_mmdet_train_config(cfg)
     bottom_up = build_gcnet_resnet_backbone(cfg, input_shape)
-    return FPN(
+    fpn = FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
@@ -260,6 +263,9 @@ def _fpn(
         top_block=make_top_block(bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+    if "MMDET_TRAIN" in cfg.MODEL and cfg.MODEL.MMDET_TRAIN.HEAD_INIT == "mmdet":
+        init_fpn_like_mmdet(fpn)
+    return fpn
 
 
 @register_once(BACKBONE_REGISTRY)

@@ -1,6 +1,8 @@
 """``dataloader``: COCO with mmdetection's pipeline (Base-GCNet-RCNN-FPN.yaml's INPUT,
 DATASETS and DATALOADER): keep-ratio resize to 800 x 1333 by OpenCV bilinear, as the released
-checkpoints saw, horizontal flip in training, RGB, polygon masks."""
+checkpoints saw, horizontal flip in training, RGB; mmdetection's dataset filter and bitmap
+mask targets (``GCNET_DATA.FILTER: mmdet``, ``INPUT.MASK_RASTER: mmdet``, see
+docs/training.md)."""
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
@@ -13,14 +15,15 @@ from detectron2.data import (
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
+from gcnet_d2.data.filtering import get_mmdet_filtered_dicts
+from gcnet_d2.data.mapper import MMDetMaskMapper
 from gcnet_d2.data.transforms import MMDetResizeShortestEdge
-from gcnet_d2.engine import has_fast_coco_eval
 
 dataloader = OmegaConf.create()
 
 dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=True),
-    mapper=L(DatasetMapper)(
+    dataset=L(get_mmdet_filtered_dicts)(names="coco_2017_train", filter_empty=True),
+    mapper=L(MMDetMaskMapper)(
         is_train=True,
         augmentations=[
             L(MMDetResizeShortestEdge)(short_edge_length=(800,), max_size=1333, backend="cv2"),
@@ -28,7 +31,7 @@ dataloader.train = L(build_detection_train_loader)(
         ],
         image_format="RGB",
         use_instance_mask=True,
-        instance_mask_format="polygon",
+        instance_mask_format="bitmask",
     ),
     total_batch_size=16,
     aspect_ratio_grouping=True,
@@ -49,8 +52,6 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers="${..train.num_workers}",
 )
 
-# detectron2's compiled COCOeval when its extension loads, pycocotools' otherwise (same AP).
-dataloader.evaluator = L(COCOEvaluator)(
-    dataset_name="${..test.dataset.names}",
-    use_fast_impl=L(has_fast_coco_eval)(),
-)
+# COCOEvaluator falls back to pycocotools' COCOeval by itself without detectron2's compiled
+# extension (same AP, slower), as GCNetTrainer's evaluator does.
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")
