@@ -45,6 +45,7 @@ import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datase
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.data import ensure_synthetic_generated
 from gcnet_d2.engine import create_ddp_model, write_results
+from gcnet_d2.modeling.init import init_like_mmdet
 
 logger = logging.getLogger("gcnet_d2")
 
@@ -96,6 +97,17 @@ def _ensure_datasets(cfg: DictConfig) -> None:
                 ensure_synthetic_generated(name)
 
 
+def build_model(cfg: DictConfig) -> nn.Module:
+    """``model`` on ``train.device``, heads initialised as ``train.head_init`` says."""
+    model = instantiate(cfg.model)
+    head_init = cfg.train.get("head_init", "detectron2")
+    if head_init == "mmdet":
+        init_like_mmdet(model)
+    elif head_init != "detectron2":
+        raise ValueError(f"train.head_init must be 'mmdet' or 'detectron2', got {head_init!r}")
+    return model.to(cfg.train.device)
+
+
 def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict:
     """COCO-evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``."""
     if "evaluator" not in cfg.dataloader:
@@ -111,7 +123,7 @@ def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict:
 def do_train(args: argparse.Namespace, cfg: DictConfig) -> OrderedDict:
     """Train ``model`` with ``optimizer`` and ``lr_multiplier`` for ``train.max_iter``
     iterations, checkpointing and evaluating as ``train`` says; returns the last evaluation."""
-    model = instantiate(cfg.model).to(cfg.train.device)
+    model = build_model(cfg)
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -152,8 +164,7 @@ def main(args: argparse.Namespace) -> OrderedDict:
     cfg = setup(args)
     _ensure_datasets(cfg)
     if args.eval_only:
-        model = instantiate(cfg.model).to(cfg.train.device)
-        model = create_ddp_model(model)
+        model = create_ddp_model(build_model(cfg))
         GCNetCheckpointer(model).load(cfg.train.init_checkpoint)
         results = do_test(cfg, model)
     else:

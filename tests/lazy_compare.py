@@ -29,6 +29,8 @@ CHECKED_KEYS = {
     "DATALOADER.NUM_WORKERS", "OUTPUT_DIR", "SEED", "VERSION",
     # the LazyConfig loaders never skip images: only False is mirrored
     "GCNET_DATA.SKIP_BAD_IMAGES",
+    # the training set's function (get_mmdet_filtered_dicts or detectron2's)
+    "GCNET_DATA.FILTER",
 }  # fmt: skip
 
 # LazyConfig path -> YAML key, values compared after normalisation.
@@ -41,6 +43,7 @@ LAZY_TO_YAML = {
     "train.seed": "SEED",
     "train.amp.enabled": "SOLVER.AMP.ENABLED",
     "train.output_dir": "OUTPUT_DIR",
+    "train.head_init": "MODEL.MMDET_TRAIN.HEAD_INIT",  # not an attribute of the built model
     "dataloader.train.total_batch_size": "SOLVER.IMS_PER_BATCH",
     "dataloader.train.dataset.names": "DATASETS.TRAIN",
     "dataloader.train.dataset.filter_empty": "DATALOADER.FILTER_EMPTY_ANNOTATIONS",

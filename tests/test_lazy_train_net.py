@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ROW = "configs/gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.py"
 TINY = [
