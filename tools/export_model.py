@@ -4,6 +4,8 @@
     python tools/export_model.py --config-file configs/gcnet/<row>.yaml \\
         --export-method tracing --format torchscript --sample-image img.jpg \\
         --output out/ MODEL.WEIGHTS <detectron2 or mmdetection .pth>
+    python tools/export_model.py --config-file configs/gcnet/<row>.py ... \
+        train.init_checkpoint=<.pth>           # a LazyConfig: key=value overrides
 
 Routes: ``tracing``/``torchscript`` (whole detector, or ``--part backbone``); ``--part
 backbone`` with ``--format onnx`` (dynamo exporter, opset >= 19, dynamic H and W) or
@@ -23,6 +25,7 @@ import argparse
 import sys
 
 import torch
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
@@ -55,33 +58,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--allow-mismatch", action="store_true", help="write even if outputs differ from eager"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides: KEY VALUE for a YAML, key=value for a LazyConfig (.py)",
+    )
     return parser.parse_args(argv)
 
 
-def load_image(path: str, cfg) -> torch.Tensor:  # noqa: ANN001 - a detectron2 CfgNode
-    """``path`` read in ``cfg.INPUT.FORMAT``, resized as the test loader does, C x H x W."""
+def load_image(path: str, image_format: str, resize) -> torch.Tensor:  # noqa: ANN001
+    """``path`` read in ``image_format``, resized as the test loader does, C x H x W."""
     try:
-        image = read_image(path, format=cfg.INPUT.FORMAT)
+        image = read_image(path, format=image_format)
     except (OSError, ValueError) as e:
         raise ExportRouteError(f"sample image {path}: cannot be read ({e})") from None
-    (resize,) = build_gcnet_augmentations(cfg, is_train=False)
     image = resize.get_transform(image).apply_image(image)
     return torch.as_tensor(image.transpose(2, 0, 1).copy())
+
+
+def _device(device: str) -> str:
+    return "cpu" if not torch.cuda.is_available() and device.startswith("cuda") else device
+
+
+def setup_yaml(config_file: str, opts: list[str]):  # noqa: ANN201
+    """Model, weights, input format and test resize of a YAML config (``KEY VALUE`` opts)."""
+    cfg = load_config(config_file, opts)
+    cfg.MODEL.DEVICE = _device(cfg.MODEL.DEVICE)
+    (resize,) = build_gcnet_augmentations(cfg, is_train=False)
+    return build_model(cfg), cfg.MODEL.WEIGHTS, cfg.INPUT.FORMAT, resize, cfg.MODEL.DEVICE
+
+
+def setup_lazy(config_file: str, opts: list[str]):  # noqa: ANN201
+    """The same from a LazyConfig (``.py``; ``key=value`` opts; weights: train.init_checkpoint)."""
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), opts)
+    device = _device(str(cfg.train.device))
+    model = instantiate(cfg.model).to(device)
+    (resize,) = [instantiate(a) for a in cfg.dataloader.test.mapper.augmentations]
+    image_format = cfg.dataloader.test.mapper.image_format
+    return model, cfg.train.init_checkpoint, image_format, resize, device
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     routes.check_route(args.export_method, args.format, args.part, args.opset)  # before slow work
-    cfg = load_config(args.config_file, args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        GCNetCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    setup = setup_lazy if args.config_file.endswith(".py") else setup_yaml
+    model, weights, image_format, resize, device = setup(args.config_file, args.opts)
+    if weights:
+        GCNetCheckpointer(model).load(weights)
     else:
-        print("export_model.py: warning: MODEL.WEIGHTS is empty, exporting initial weights")
-    images = [load_image(p, cfg).to(cfg.MODEL.DEVICE) for p in args.sample_image]
+        print("export_model.py: warning: no weights given, exporting initial weights")
+    images = [load_image(p, image_format, resize).to(device) for p in args.sample_image]
     result = routes.run_route(
         model,
         args.export_method,
@@ -89,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         args.part,
         images,
         args.output,
-        input_format=cfg.INPUT.FORMAT,
+        input_format=image_format,
         opset=args.opset,
         allow_mismatch=args.allow_mismatch,
     )
