@@ -20,6 +20,7 @@ from torch import nn
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .context_block import validate_context_args
+from .inference_options import apply_inference_options
 from .norm import resolve_norm
 
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -65,7 +66,12 @@ def validate_gcnet_config(cfg: CfgNode) -> None:
 
 @register_once(BACKBONE_REGISTRY)
 def build_gcnet_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
-    """A bottleneck ResNet / ResNeXt whose stages may use GC blocks and deformable convs."""
+    """A bottleneck ResNet / ResNeXt whose stages may use GC blocks and deformable convs,
+    with the inference options of ``MODEL.GCNET`` (norm folding, ``torch.compile``)."""
+    return apply_inference_options(_resnet(cfg, input_shape), cfg)
+
+
+def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     validate_gcnet_config(cfg)
     res, gc = cfg.MODEL.RESNETS, cfg.MODEL.GCNET
     norm = resolve_norm(res.NORM, cfg.MODEL.DEVICE)
@@ -114,8 +120,8 @@ def build_gcnet_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
 def _fpn(
     cfg: CfgNode, input_shape: ShapeSpec, make_top_block: Callable[[ResNet], nn.Module]
 ) -> FPN:
-    bottom_up = build_gcnet_resnet_backbone(cfg, input_shape)
-    return FPN(
+    bottom_up = _resnet(cfg, input_shape)
+    fpn = FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
@@ -123,6 +129,7 @@ def _fpn(
         top_block=make_top_block(bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+    return apply_inference_options(fpn, cfg)
 
 
 @register_once(BACKBONE_REGISTRY)
