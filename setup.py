@@ -27,7 +27,7 @@ setup(
     python_requires=">=3.10",
     packages=[*find_packages(include=["gcnet_d2", "gcnet_d2.*"]), "gcnet_d2.configs"],
     package_dir={"gcnet_d2.configs": "configs"},
-    package_data={"gcnet_d2.configs": ["*.yaml", "*/*.yaml"]},
+    package_data={"gcnet_d2.configs": ["*.yaml", "*/*.yaml", "*/*.py", "*/*/*.py"]},
     install_requires=[
         "torch>=2.0",
         "torchvision>=0.15",
@@ -38,5 +38,10 @@ setup(
         "Pillow",
         "PyYAML",
     ],
-    extras_require={"dev": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={
+        "dev": ["pytest>=7", "ruff>=0.5"],
+        # ONNX export and its onnxruntime check (tools/export_model.py --format onnx), at the
+        # versions verified together (docs/deploy.md); TorchScript and torch.export need none.
+        "export": ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.32.0"],
+    },
 )

@@ -29,14 +29,10 @@ from torch.multiprocessing import ProcessExitedException
 
 import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datasets)
 from gcnet_d2.checkpoint import GCNetCheckpointer
+from gcnet_d2.config_loading import load_config
 from gcnet_d2.engine import GCNetTrainer, write_results
-from gcnet_d2.safety import (
-    KNOWN_ERRORS,
-    check_output_dir,
-    load_config,
-    one_line,
-    quiet_known_errors,
-)
+from gcnet_d2.errors import KNOWN_ERRORS, one_line, quiet_known_errors
+from gcnet_d2.io import check_output_dir
 
 EXIT_KNOWN_ERROR = 2
 

@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,24 +39,21 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.data.detection_utils import convert_image_to_rgb, read_image
-from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 from tqdm import tqdm
 
-from gcnet_d2.checkpoint import GCNetCheckpointer
-from gcnet_d2.safety import load_config
+from gcnet_d2 import GCNetPredictor
+from gcnet_d2.config_loading import load_config
+from gcnet_d2.io import atomic_write_bytes
 
 logger = logging.getLogger("gcnet_d2.demo")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _GLOB_CHARS = frozenset("*?[")
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class DemoError(Exception):
@@ -196,28 +192,13 @@ def output_paths(inputs: Sequence[str], output: str | None) -> list[str | None]:
     return [os.path.join(output, n) for n in names]
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling file: never half-written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_image_atomic(path: str, rgb: np.ndarray) -> None:
     """Write an RGB image, in the format of ``path``'s extension, atomically."""
     suffix = Path(path).suffix.lower() or ".png"
     ok, encoded = cv2.imencode(suffix, np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
         raise DemoError(f"{path}: OpenCV cannot write {suffix!r} images")
-    write_bytes_atomic(path, encoded.tobytes())
+    atomic_write_bytes(path, encoded.tobytes())
 
 
 def write_png_atomic(path: str, rgb: np.ndarray, colors: int = 0) -> None:
@@ -228,7 +209,7 @@ def write_png_atomic(path: str, rgb: np.ndarray, colors: int = 0) -> None:
         image = image.quantize(colors=min(colors, 256), dither=Image.Dither.FLOYDSTEINBERG)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
-    write_bytes_atomic(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def make_montage(images: Sequence[np.ndarray], cols: int, tile_width: int) -> np.ndarray:
@@ -264,33 +245,16 @@ def make_montage(images: Sequence[np.ndarray], cols: int, tile_width: int) -> np
 # --------------------------------------------------------------------------------------------
 
 
-class Predictor:
-    """One image (H x W x 3 uint8 in ``cfg.INPUT.FORMAT``) -> the model's ``instances``.
-
-    Resizes like detectron2's test loader (shortest edge ``INPUT.MIN_SIZE_TEST``, longest at
-    most ``INPUT.MAX_SIZE_TEST``); outputs are in the original image's coordinates.
-    """
-
-    def __init__(self, cfg: CfgNode) -> None:
-        if not cfg.MODEL.WEIGHTS:
-            raise DemoError(
-                "MODEL.WEIGHTS is empty: append `MODEL.WEIGHTS <checkpoint>` to the command"
-            )
-        self.model = build_model(cfg).eval()
-        try:
-            GCNetCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        except (OSError, RuntimeError, AssertionError) as e:
-            raise DemoError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {e}") from None
-        size = cfg.INPUT.MIN_SIZE_TEST
-        self.resize = T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)
-
-    def __call__(self, image: np.ndarray) -> Instances:
-        height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        with torch.inference_mode():
-            outputs = self.model([{"image": tensor, "height": height, "width": width}])[0]
-        return outputs["instances"].to("cpu")
+def build_predictor(cfg: CfgNode) -> GCNetPredictor:
+    """:class:`gcnet_d2.GCNetPredictor` (resizes as evaluation does); weight errors as DemoError."""
+    if not cfg.MODEL.WEIGHTS:
+        raise DemoError(
+            "MODEL.WEIGHTS is empty: append `MODEL.WEIGHTS <checkpoint>` to the command"
+        )
+    try:
+        return GCNetPredictor(cfg)
+    except (OSError, RuntimeError, AssertionError) as e:
+        raise DemoError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {e}") from None
 
 
 def get_metadata(cfg: CfgNode):
@@ -350,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = output_paths(inputs, args.output)
     cfg = setup_cfg(args)
     metadata = get_metadata(cfg)
-    predictor = Predictor(cfg)
+    predictor = build_predictor(cfg)
     threshold = args.confidence_threshold
 
     drawn: list[np.ndarray] = []
@@ -358,16 +322,16 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(inputs, desc="demo", unit="img", disable=len(inputs) < 2, file=sys.stderr)
     for path, out in zip(bar, outputs, strict=True):
         try:
-            image = read_image(path, format=cfg.INPUT.FORMAT)
+            image = read_image(path, format="BGR")  # the predictor's input, as detectron2's
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
             failed.append(path)
             say(f"ERROR {path}: cannot read image ({type(e).__name__}: {e})")
             continue
         start = time.perf_counter()
-        instances = predictor(image)
+        instances = predictor(image)["instances"].to("cpu")
         instances = instances[instances.scores >= threshold]
         elapsed = time.perf_counter() - start
-        picture = draw(convert_image_to_rgb(image, cfg.INPUT.FORMAT), instances, metadata)
+        picture = draw(convert_image_to_rgb(image, "BGR"), instances, metadata)
         if out is not None:
             write_image_atomic(out, picture)
         if len(drawn) < args.montage_max:

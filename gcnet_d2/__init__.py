@@ -1,7 +1,8 @@
 """gcnet_d2: GCNet (global context blocks) for Detectron2.
 
 ``import gcnet_d2`` registers the backbones in detectron2's ``BACKBONE_REGISTRY``;
-``add_gcnet_config(cfg)`` adds the ``MODEL.GCNET`` keys.
+``add_gcnet_config(cfg)`` adds the ``MODEL.GCNET`` keys; ``GCNetPredictor`` is detectron2's
+``DefaultPredictor`` resizing images as gcnet_d2's evaluation does.
 """
 
 __version__ = "0.1.0"
@@ -18,11 +19,13 @@ except ImportError as e:  # pragma: no cover - exercised only without detectron2
 from . import data, modeling  # noqa: E402  (modeling registers the backbones)
 from .config import add_gcnet_config  # noqa: E402
 from .model_zoo import get_config, get_config_file, list_configs  # noqa: E402
+from .predictor import GCNetPredictor  # noqa: E402
 
 # The generated quick-start dataset, under default_synthetic_root(); generated on first use.
 data.register_synthetic_datasets()
 
 __all__ = [
+    "GCNetPredictor",
     "__version__",
     "add_gcnet_config",
     "get_config",

@@ -34,14 +34,119 @@ def add_gcnet_config(cfg: CN) -> CN:
     # mmdetection parity outside the backbone (used by the table configs):
     # per-stage loss weights of MMDetCascadeROIHeads (mmdet stage_loss_weights).
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS = [1.0, 0.5, 0.25]
+    # mmdetection's training recipe (issue 10), one switch per component; False / "detectron2"
+    # is Detectron2's stock behaviour. The table's Base-*.yaml turn them on. Budgets stay with
+    # the standard keys (MODEL.RPN / MODEL.ROI_HEADS BATCH_SIZE_PER_IMAGE, POSITIVE_FRACTION).
+    cfg.MODEL.MMDET_TRAIN = CN()
+    # RPN (needs MODEL.PROPOSAL_GENERATOR.NAME "MMDetRPN"): mmdetection's MaxIoUAssigner, whose
+    # low-quality matches take a GT's best anchors only at IoU >= RPN_MIN_POS_IOU and assign
+    # them to that GT (later GTs win ties); Detectron2's Matcher takes them at any IoU.
+    cfg.MODEL.MMDET_TRAIN.RPN_MAX_IOU_ASSIGNER = False
+    cfg.MODEL.MMDET_TRAIN.RPN_MIN_POS_IOU = 0.3
+    # RPN: anchors centred outside an image's own pad shape (its size rounded up to
+    # PAD_SIZE_DIVISOR) and, when MODEL.RPN.BOUNDARY_THRESH >= 0, anchors crossing the image
+    # border by more than it are removed *before* matching (mmdetection's valid / inside
+    # flags). False: every anchor is matched; BOUNDARY_THRESH ignores anchors after matching.
+    cfg.MODEL.MMDET_TRAIN.RPN_VALID_ANCHORS = False
+    cfg.MODEL.MMDET_TRAIN.PAD_SIZE_DIVISOR = 32
+    # RoI heads ("MMDetROIHeads" / "MMDetCascadeROIHeads"): proposals matched with the
+    # MaxIoUAssigner rule (low-quality matches when ROI_LOW_QUALITY_MATCHES, at IoU >=
+    # ROI_MIN_POS_IOU), then the GTs *prepended* as positives of their own GT, then
+    # subsampled. False: Detectron2's Matcher, GTs appended.
+    cfg.MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER = False
+    cfg.MODEL.MMDET_TRAIN.ROI_LOW_QUALITY_MATCHES = True
+    cfg.MODEL.MMDET_TRAIN.ROI_MIN_POS_IOU = 0.5
+    # Cascade stages 2 and 3 (needs ROI_MAX_IOU_ASSIGNER): the refined boxes of the previous
+    # stage's sample minus its GT rows are matched at the stage's IoU, get the GTs prepended
+    # again and are re-sampled with the ROI_HEADS budget. False: Detectron2 relabels all
+    # refined boxes, no GTs added, no re-sampling.
+    cfg.MODEL.MMDET_TRAIN.CASCADE_RESAMPLE = False
+    # Initialisation of the heads trained from scratch: "mmdet" = xavier_uniform on the FPN
+    # convs and the box head FCs, kaiming_normal (fan_out) on the mask logits; "detectron2" =
+    # c2_xavier_fill and normal(0.001). Needs gcnet_d2's FPN backbone and RoI heads.
+    cfg.MODEL.MMDET_TRAIN.HEAD_INIT = "detectron2"
+
     # Image resizing of gcnet_d2's dataset mapper: "cv2" = cv2.INTER_LINEAR as mmdetection
     # (what the released checkpoints saw), "pil" = detectron2's default PIL bilinear.
     cfg.INPUT.RESIZE_BACKEND = "cv2"
+    # Instance masks of the training mapper (gcnet_d2.data.mapper): "detectron2" = detectron2's
+    # (polygons transformed, then rasterised per RoI or at the image size); "mmdet" = polygons
+    # rasterised at the original image size, resized (nearest) and flipped with the image,
+    # zero-padded to 32, the RoI targets cut from that bitmap by RoIAlign, as mmdetection
+    # (needs INPUT.MASK_FORMAT "bitmask" and INPUT.RESIZE_BACKEND "cv2").
+    cfg.INPUT.MASK_RASTER = "detectron2"
 
-    # Dataset robustness (gcnet_d2.data.robust).
+    # Dataset robustness (gcnet_d2.data.validation, gcnet_d2.data.loaders).
     cfg.GCNET_DATA = CN()
     # True: training skips images that are missing, unreadable, undecodable or whose size
     # disagrees with their annotation, logging each with its reason and counting them.
     # False: such an image stops training with an error naming the file. Evaluation never skips.
     cfg.GCNET_DATA.SKIP_BAD_IMAGES = False
+    # Which training images and annotations are used (gcnet_d2.data.filtering): "detectron2"
+    # (DATALOADER.FILTER_EMPTY_ANNOTATIONS drops images without a non-crowd annotation) or
+    # "mmdet" (mmdetection's CocoDataset: keeps crowd-only images as images without ground
+    # truth, drops images under 32 px and boxes with w < 1 or h < 1;
+    # DATALOADER.FILTER_EMPTY_ANNOTATIONS then drops only images without any annotation).
+    cfg.GCNET_DATA.FILTER = "detectron2"
     return cfg
+
+
+_MMDET_ROI_HEADS = ("MMDetROIHeads", "MMDetCascadeROIHeads")
+_FPN_BACKBONES = ("build_gcnet_resnet_fpn_backbone", "build_gcnet_retinanet_resnet_fpn_backbone")
+
+
+def validate_mmdet_train_config(cfg: CN) -> None:
+    """Raise ``ValueError`` naming the keys of an unusable ``MODEL.MMDET_TRAIN`` combination.
+
+    Called when gcnet_d2's backbone, RPN or RoI heads are built, so a bad combination fails
+    at build time rather than training silently with part of the recipe.
+    """
+    if "MMDET_TRAIN" not in cfg.MODEL:
+        return
+    t = cfg.MODEL.MMDET_TRAIN
+    rpn_name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
+    roi_name = cfg.MODEL.ROI_HEADS.NAME
+    for key in ("RPN_MAX_IOU_ASSIGNER", "RPN_VALID_ANCHORS"):
+        if t[key] and rpn_name != "MMDetRPN":
+            raise ValueError(
+                f"MODEL.MMDET_TRAIN.{key}=True needs MODEL.PROPOSAL_GENERATOR.NAME 'MMDetRPN', "
+                f"got {rpn_name!r}"
+            )
+    for key in ("RPN_MIN_POS_IOU", "ROI_MIN_POS_IOU"):
+        if not 0.0 <= float(t[key]) <= 1.0:
+            raise ValueError(f"MODEL.MMDET_TRAIN.{key} must be in [0, 1], got {t[key]!r}")
+    if int(t.PAD_SIZE_DIVISOR) < 1:
+        raise ValueError(
+            f"MODEL.MMDET_TRAIN.PAD_SIZE_DIVISOR must be >= 1, got {t.PAD_SIZE_DIVISOR!r}"
+        )
+    if t.ROI_MAX_IOU_ASSIGNER and roi_name not in _MMDET_ROI_HEADS:
+        raise ValueError(
+            "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER=True needs MODEL.ROI_HEADS.NAME in "
+            f"{_MMDET_ROI_HEADS}, got {roi_name!r}"
+        )
+    if t.CASCADE_RESAMPLE:
+        if roi_name != "MMDetCascadeROIHeads":
+            raise ValueError(
+                "MODEL.MMDET_TRAIN.CASCADE_RESAMPLE=True is the mmdetection cascade sampler: it "
+                f"needs MODEL.ROI_HEADS.NAME 'MMDetCascadeROIHeads', got {roi_name!r}"
+            )
+        if not t.ROI_MAX_IOU_ASSIGNER:
+            raise ValueError(
+                "MODEL.MMDET_TRAIN.CASCADE_RESAMPLE=True needs "
+                "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER=True (stages 2-3 drop the prepended GTs)"
+            )
+    if t.HEAD_INIT not in ("detectron2", "mmdet"):
+        raise ValueError(
+            f"MODEL.MMDET_TRAIN.HEAD_INIT must be 'detectron2' or 'mmdet', got {t.HEAD_INIT!r}"
+        )
+    if t.HEAD_INIT == "mmdet":
+        if roi_name not in _MMDET_ROI_HEADS:
+            raise ValueError(
+                "MODEL.MMDET_TRAIN.HEAD_INIT='mmdet' needs MODEL.ROI_HEADS.NAME in "
+                f"{_MMDET_ROI_HEADS}, got {roi_name!r}"
+            )
+        if cfg.MODEL.BACKBONE.NAME not in _FPN_BACKBONES:
+            raise ValueError(
+                "MODEL.MMDET_TRAIN.HEAD_INIT='mmdet' needs MODEL.BACKBONE.NAME in "
+                f"{_FPN_BACKBONES}, got {cfg.MODEL.BACKBONE.NAME!r}"
+            )

@@ -1,14 +1,16 @@
 """``GCNetTrainer``: detectron2's DefaultTrainer with COCO evaluation and CPU multi-process.
 
 Five things differ from ``DefaultTrainer``:
-- images are resized as mmdetection does (:mod:`gcnet_d2.data.transforms`);
-- data loading is checked (:mod:`gcnet_d2.data.robust`: errors name the file, broken images can
+- images are resized as mmdetection does (:mod:`gcnet_d2.data.transforms`), and with
+  ``INPUT.MASK_RASTER: mmdet`` mask targets are cut from mmdetection's bitmaps
+  (:mod:`gcnet_d2.data.mapper`);
+- data loading is checked (:mod:`gcnet_d2.data.loaders`: errors name the file, broken images can
   be skipped with ``GCNET_DATA.SKIP_BAD_IMAGES``) and resumable: checkpoints also hold the data
   position and RNG states, so ``--resume`` continues the run it resumes (:mod:`gcnet_d2.resume`);
 - checkpoints go through :class:`~gcnet_d2.checkpoint.GCNetCheckpointer` (safe loading,
   mmdetection checkpoints accepted as ``MODEL.WEIGHTS``);
-- evaluation uses ``COCOEvaluator`` and says which COCOeval it runs: detectron2's compiled one
-  when ``detectron2._C`` loads, pycocotools' otherwise (same AP, slower);
+- evaluation uses ``COCOEvaluator`` (which falls back to pycocotools' COCOeval by itself when
+  detectron2's compiled extension is absent);
 - with several CPU processes (gloo), the model is wrapped in DistributedDataParallel without
   ``device_ids`` (detectron2 passes the local rank, which torch accepts for CUDA modules only).
 """
@@ -24,28 +26,17 @@ from collections.abc import Iterator
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from torch import nn
 
 from . import resume
 from .checkpoint import GCNetCheckpointer
-from .checkpoint.safe_load import atomic_write_text
-from .data import ensure_synthetic_generated
-from .data import robust as robust_data
-from .data.transforms import build_gcnet_augmentations
+from .data import ensure_synthetic_generated, loaders
+from .data.mapper import build_gcnet_mapper
+from .io import atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-
-def has_fast_coco_eval() -> bool:
-    """Whether detectron2's compiled COCOeval (``detectron2._C``) can be used."""
-    try:
-        from detectron2 import _C  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def create_ddp_model(model: nn.Module, **kwargs: object) -> nn.Module:
@@ -81,14 +72,14 @@ class GCNetTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):  # noqa: ANN206 - detectron2 signature
-        mapper = DatasetMapper(cfg, True, augmentations=build_gcnet_augmentations(cfg, True))
+        mapper = build_gcnet_mapper(cfg, True)
         # Checked data (GCNET_DATA.SKIP_BAD_IMAGES), resumable sampler, own RNG generator.
-        return robust_data.build_train_loader(cfg, mapper=mapper)
+        return loaders.build_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):  # noqa: ANN206
-        mapper = DatasetMapper(cfg, False, augmentations=build_gcnet_augmentations(cfg, False))
-        return robust_data.build_test_loader(cfg, dataset_name, mapper=mapper)
+        mapper = build_gcnet_mapper(cfg, False)
+        return loaders.build_test_loader(cfg, dataset_name, mapper=mapper)
 
     # Resume state beyond detectron2's (data position, RNGs): see gcnet_d2.resume.
     def state_dict(self) -> dict:
@@ -123,16 +114,10 @@ class GCNetTrainer(DefaultTrainer):
     ) -> DatasetEvaluator:
         if dataset_name.startswith("gcnet_synthetic"):
             ensure_synthetic_generated(dataset_name)
-        fast = has_fast_coco_eval()
-        if not fast:
-            logger.info(
-                "detectron2's compiled extension is not available: evaluating with "
-                "pycocotools' COCOeval (same AP, slower)"
-            )
+        # Without detectron2's compiled extension COCOEvaluator falls back to pycocotools'
+        # COCOeval itself (same AP, slower) and logs which one it runs.
         return COCOEvaluator(
-            dataset_name,
-            output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"),
-            use_fast_impl=fast,
+            dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         )
 
 

@@ -15,14 +15,18 @@ that the GCNet models use at inference time are implemented on torchvision:
                              is adaptive ``ceil(roi_size / output_size)``);
 * ``deform_conv_forward`` -> ``torchvision.ops.deform_conv2d`` (DCN v1; the offset layout is the
                              same: per deformable group, ``[dy, dx]`` pairs in kernel raster order,
-                             out-of-image samples read 0).
+                             out-of-image samples read 0);
+* ``roi_align_backward``, ``deform_conv_backward_input`` / ``_parameters`` -> the same
+                             torchvision kernels' autograd backward (for training-step parity).
 
 mmcv's real Python wrappers on top (``RoIAlign``, ``DeformConv2dPack`` registered as ``'DCN'``,
 ``nms``/``batched_nms`` with their offset trick and ``split_thr``) stay in use, so the module
 attributes and state_dict keys (``conv2.weight``, ``conv2.conv_offset.weight|bias``) are mmcv's
 own. Every other ``mmcv._ext`` kernel raises ``NotImplementedError`` when *called*.
 
-Nothing here imports mmdet at module import time: tests call :func:`mmdet_available` and skip.
+The reference models are built from mmdetection's own config files (:data:`CONFIG_FILES`).
+Nothing here imports mmdet at module import time: tests call :func:`mmdet_available` and skip
+(only where mmdet is not installed and ``CI`` is not set).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import contextlib
 import copy
 import importlib
 import importlib.util
+import os
 import sys
 import types
 from collections.abc import Iterator
@@ -138,12 +143,128 @@ def _ext_deform_conv_forward(
     output.copy_(out)
 
 
+def _ext_roi_align_backward(
+    grad_output: Tensor,
+    rois: Tensor,
+    argmax_y: Tensor,
+    argmax_x: Tensor,
+    grad_input: Tensor,
+    aligned_height: int,
+    aligned_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    pool_mode: int,
+    aligned: bool,
+) -> None:
+    """RoIAlign is linear in its input: its gradient is torchvision's backward of any input
+    of the same shape (zeros here), which autograd gives."""
+    import torchvision
+
+    if pool_mode != 1:
+        raise NotImplementedError("torchvision stub of mmcv roi_align supports pool_mode='avg'")
+    with torch.enable_grad():
+        x = grad_input.new_zeros(grad_input.shape, requires_grad=True)
+        out = torchvision.ops.roi_align(
+            x,
+            rois.to(x.dtype),
+            (int(aligned_height), int(aligned_width)),
+            spatial_scale=float(spatial_scale),
+            sampling_ratio=int(sampling_ratio),
+            aligned=bool(aligned),
+        )
+        (grad,) = torch.autograd.grad(out, x, grad_output)
+    grad_input.copy_(grad)
+
+
+def _deform_conv_grads(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    grad_output: Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    import torchvision
+
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in (input, offset, weight)]
+        out = torchvision.ops.deform_conv2d(
+            leaves[0],
+            leaves[1],
+            leaves[2],
+            None,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+        )
+        return torch.autograd.grad(out, leaves, grad_output)
+
+
+def _ext_deform_conv_backward_input(
+    input: Tensor,
+    offset: Tensor,
+    gradOutput: Tensor,  # noqa: N803 - mmcv's keyword names
+    gradInput: Tensor,  # noqa: N803
+    gradOffset: Tensor,  # noqa: N803
+    weight: Tensor,
+    columns: Tensor,
+    kW: int,  # noqa: N803
+    kH: int,  # noqa: N803
+    dW: int,  # noqa: N803
+    dH: int,  # noqa: N803
+    padW: int,  # noqa: N803
+    padH: int,  # noqa: N803
+    dilationW: int,  # noqa: N803
+    dilationH: int,  # noqa: N803
+    group: int,
+    deformable_group: int,
+    im2col_step: int,
+) -> None:
+    g_in, g_off, _ = _deform_conv_grads(
+        input, offset, weight, gradOutput, (dH, dW), (padH, padW), (dilationH, dilationW)
+    )
+    gradInput.copy_(g_in)
+    gradOffset.copy_(g_off)
+
+
+def _ext_deform_conv_backward_parameters(
+    input: Tensor,
+    offset: Tensor,
+    gradOutput: Tensor,  # noqa: N803 - mmcv's keyword names
+    gradWeight: Tensor,  # noqa: N803
+    columns: Tensor,
+    ones: Tensor,
+    kW: int,  # noqa: N803
+    kH: int,  # noqa: N803
+    dW: int,  # noqa: N803
+    dH: int,  # noqa: N803
+    padW: int,  # noqa: N803
+    padH: int,  # noqa: N803
+    dilationW: int,  # noqa: N803
+    dilationH: int,  # noqa: N803
+    group: int,
+    deformable_group: int,
+    scale: float,
+    im2col_step: int,
+) -> None:
+    weight = gradWeight.new_zeros(gradWeight.shape)  # the weight gradient is linear in none
+    # of the weight's values, only in input and offset: zeros stand in for it.
+    _, _, g_w = _deform_conv_grads(
+        input, offset, weight, gradOutput, (dH, dW), (padH, padW), (dilationH, dilationW)
+    )
+    gradWeight.add_(g_w, alpha=float(scale))
+
+
 def _make_ext_module() -> types.ModuleType:
     mod = types.ModuleType("mmcv._ext")
     mod.__doc__ = "torchvision stand-in for mmcv's compiled ops (tests/mmdet_reference.py)"
     mod.nms = _ext_nms
     mod.roi_align_forward = _ext_roi_align_forward
     mod.deform_conv_forward = _ext_deform_conv_forward
+    mod.roi_align_backward = _ext_roi_align_backward
+    mod.deform_conv_backward_input = _ext_deform_conv_backward_input
+    mod.deform_conv_backward_parameters = _ext_deform_conv_backward_parameters
     setattr(mod, _STUB_FLAG, True)
 
     def __getattr__(name: str) -> Any:  # noqa: N807 - module-level __getattr__
@@ -181,20 +302,35 @@ def install_mmcv_op_stubs() -> bool:
 
 
 def mmdet_available() -> bool:
-    """True when mmdet 3.x can build the reference models here (cached)."""
+    """True when mmdet 3.x can build the reference models here (cached).
+
+    False only when mmdet / mmcv / mmengine is not installed at all, or the installed mmdet
+    is not 3.x: tests then skip, naming the reason. With the ``CI`` environment variable set
+    that is an error instead (CI installs requirements-parity.txt, so a skip would hide a
+    broken install). Any other failure while importing (a broken install) always raises.
+    """
     global _AVAILABLE, _UNAVAILABLE_REASON
     if _AVAILABLE is None:
+        reason = None
         try:
             install_mmcv_op_stubs()
             import mmdet
 
             if not mmdet.__version__.startswith("3."):
-                raise ImportError(f"mmdet 3.x required, found {mmdet.__version__}")
-            importlib.import_module("mmdet.models")
-            _AVAILABLE = True
-        except Exception as e:  # any failure means: skip the parity tests
-            _AVAILABLE = False
-            _UNAVAILABLE_REASON = f"{type(e).__name__}: {e}"
+                reason = f"mmdet 3.x required, found {mmdet.__version__}"
+            else:
+                importlib.import_module("mmdet.models")
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in ("mmdet", "mmcv", "mmengine"):
+                raise
+            reason = f"{type(e).__name__}: {e}"
+        if reason is not None and os.environ.get("CI"):
+            raise RuntimeError(
+                f"CI is set but the mmdetection reference stack is unusable ({reason}); "
+                "install it with `pip install --no-deps -r requirements-parity.txt`"
+            )
+        _AVAILABLE = reason is None
+        _UNAVAILABLE_REASON = reason
     return _AVAILABLE
 
 
@@ -209,161 +345,50 @@ def mmdet_unavailable_reason() -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# model configs (mmdet 3.x config dicts; recipes of configs/gcnet, cascade_rcnn, dcn, mask_rcnn)
+# model configs: mmdetection's own config files, as the installed package ships them
 # --------------------------------------------------------------------------------------------
-def _gc_plugin(ratio: float) -> list[dict]:
-    return [
-        dict(
-            cfg=dict(type="ContextBlock", ratio=ratio),
-            stages=(False, True, True, True),
-            position="after_conv3",
-        )
-    ]
+# kind -> config file under mmdet/.mim/configs/ (the GCNet table rows these tests stand for)
+CONFIG_FILES = {
+    "mask_rcnn_r50_gc_r16": "gcnet/mask-rcnn_r50-gcb-r16-c3-c5_fpn_1x_coco.py",
+    "mask_rcnn_r50_syncbn_gc_r16": "gcnet/mask-rcnn_r50-syncbn-gcb-r16-c3-c5_fpn_1x_coco.py",
+    "cascade_mask_rcnn_x101_gc_r4": (
+        "gcnet/cascade-mask-rcnn_x101-32x4d-syncbn-r4-gcb-c3-c5_fpn_1x_coco.py"
+    ),
+    "cascade_mask_rcnn_x101_dcn_gc_r16": (
+        "gcnet/cascade-mask-rcnn_x101-32x4d-syncbn-dconv-c3-c5-r16-gcb-c3-c5_fpn_1x_coco.py"
+    ),
+}
 
 
-def _delta_coder(stds: tuple[float, float, float, float]) -> dict:
-    return dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=list(stds))
+def mmdet_config_path(kind: str) -> str:
+    """Path of ``kind``'s config file inside the installed mmdet package."""
+    if kind not in CONFIG_FILES:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {tuple(CONFIG_FILES)}")
+    import mmdet
 
-
-def _roi_extractor(output_size: int) -> dict:
-    return dict(
-        type="SingleRoIExtractor",
-        roi_layer=dict(type="RoIAlign", output_size=output_size, sampling_ratio=0),
-        out_channels=256,
-        featmap_strides=[4, 8, 16, 32],
-    )
-
-
-def _bbox_head(num_classes: int, stds: tuple, agnostic: bool, loss_bbox: dict) -> dict:
-    return dict(
-        type="Shared2FCBBoxHead",
-        in_channels=256,
-        fc_out_channels=1024,
-        roi_feat_size=7,
-        num_classes=num_classes,
-        bbox_coder=_delta_coder(stds),
-        reg_class_agnostic=agnostic,
-        loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
-        loss_bbox=loss_bbox,
-    )
+    path = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", CONFIG_FILES[kind])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mmdet {mmdet.__version__} ships no config file {path}")
+    return path
 
 
 def mmdet_model_cfg(kind: str, num_classes: int = 3, depth: int | None = None) -> dict:
-    """The mmdet 3.x ``model`` config dict of one GCNet reference model (no train_cfg)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
-    cascade = kind.startswith("cascade")
-    if cascade:
-        backbone = dict(
-            type="ResNeXt",
-            depth=101 if depth is None else depth,
-            groups=32,
-            base_width=4,
-            num_stages=4,
-            out_indices=(0, 1, 2, 3),
-            frozen_stages=1,
-            # gcnet/*syncbn*: SyncBN, norm_eval=False (nn.SyncBatchNorm runs on CPU in eval
-            # mode without a process group; in eval it is plain BN with running stats).
-            norm_cfg=dict(type="SyncBN", requires_grad=True),
-            norm_eval=False,
-            style="pytorch",
-            plugins=_gc_plugin(1.0 / 4 if kind.endswith("r4") else 1.0 / 16),
-        )
-        if "_dcn_" in kind:
-            backbone["dcn"] = dict(type="DCN", deform_groups=1, fallback_on_stride=False)
-            backbone["stage_with_dcn"] = (False, True, True, True)
-    else:
-        backbone = dict(
-            type="ResNet",
-            depth=50 if depth is None else depth,
-            num_stages=4,
-            out_indices=(0, 1, 2, 3),
-            frozen_stages=1,
-            norm_cfg=dict(type="BN", requires_grad=True),
-            norm_eval=True,
-            style="pytorch",
-            plugins=_gc_plugin(1.0 / 16),
-        )
-    rpn_loss_bbox = (
-        dict(type="SmoothL1Loss", beta=1.0 / 9.0, loss_weight=1.0)
-        if cascade
-        else dict(type="L1Loss", loss_weight=1.0)
-    )
-    mask_head = dict(
-        type="FCNMaskHead",
-        num_convs=4,
-        in_channels=256,
-        conv_out_channels=256,
-        num_classes=num_classes,
-        loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0),
-    )
-    if cascade:
-        smooth_l1 = dict(type="SmoothL1Loss", beta=1.0, loss_weight=1.0)
-        stage_stds = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
-        roi_head = dict(
-            type="CascadeRoIHead",
-            num_stages=3,
-            stage_loss_weights=[1, 0.5, 0.25],
-            bbox_roi_extractor=_roi_extractor(7),
-            bbox_head=[_bbox_head(num_classes, s, True, smooth_l1) for s in stage_stds],
-            mask_roi_extractor=_roi_extractor(14),
-            mask_head=mask_head,
-        )
-    else:
-        roi_head = dict(
-            type="StandardRoIHead",
-            bbox_roi_extractor=_roi_extractor(7),
-            bbox_head=_bbox_head(
-                num_classes, (0.1, 0.1, 0.2, 0.2), False, dict(type="L1Loss", loss_weight=1.0)
-            ),
-            mask_roi_extractor=_roi_extractor(14),
-            mask_head=mask_head,
-        )
-    return dict(
-        type="CascadeRCNN" if cascade else "MaskRCNN",
-        data_preprocessor=dict(
-            type="DetDataPreprocessor",
-            mean=list(MMDET_PIXEL_MEAN),
-            std=list(MMDET_PIXEL_STD),
-            bgr_to_rgb=True,
-            pad_mask=True,
-            pad_size_divisor=32,
-        ),
-        backbone=backbone,
-        neck=dict(type="FPN", in_channels=[256, 512, 1024, 2048], out_channels=256, num_outs=5),
-        rpn_head=dict(
-            type="RPNHead",
-            in_channels=256,
-            feat_channels=256,
-            anchor_generator=dict(
-                type="AnchorGenerator",
-                scales=[8],
-                ratios=[0.5, 1.0, 2.0],
-                strides=[4, 8, 16, 32, 64],
-            ),
-            bbox_coder=dict(
-                type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4
-            ),
-            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
-            loss_bbox=rpn_loss_bbox,
-        ),
-        roi_head=roi_head,
-        train_cfg=None,
-        test_cfg=dict(
-            rpn=dict(
-                nms_pre=1000,
-                max_per_img=1000,
-                nms=dict(type="nms", iou_threshold=0.7),
-                min_bbox_size=0,
-            ),
-            rcnn=dict(
-                score_thr=0.05,
-                nms=dict(type="nms", iou_threshold=0.5),
-                max_per_img=100,
-                mask_thr_binary=0.5,
-            ),
-        ),
-    )
+    """The ``model`` dict of ``kind``'s mmdetection config file (with its train_cfg and
+    test_cfg), read by ``mmengine.Config.fromfile``. Only what a test must change is changed:
+    ``num_classes`` of every box / mask head, no pretrained backbone download, and optionally
+    a smaller backbone ``depth`` (same blocks, GC, DCN and norms) for CPU time."""
+    from mmengine.config import Config
+
+    model = Config.fromfile(mmdet_config_path(kind)).model.to_dict()
+    model["backbone"]["init_cfg"] = None
+    if depth is not None:
+        model["backbone"]["depth"] = depth
+    roi = model["roi_head"]
+    for key in ("bbox_head", "mask_head"):
+        heads = roi[key] if isinstance(roi[key], list) else [roi[key]]
+        for head in heads:
+            head["num_classes"] = num_classes
+    return model
 
 
 # --------------------------------------------------------------------------------------------

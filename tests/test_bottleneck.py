@@ -14,7 +14,7 @@ from gcnet_d2.modeling import (
     GCBottleneckBlock,
     reference_bottleneck_forward,
 )
-from tests.conftest import randomize as randomize_module
+from tests.helpers import randomize as randomize_module
 
 NORMS = ["FrozenBN", FrozenStatsBatchNorm2d, "BN"]
 

@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 import gcnet_d2
 from gcnet_d2.modeling import ContextBlock, DeformConv2dWithOffset
-from tests.conftest import table_config_names
+from tests.helpers import table_config_names
 
 TABLE = table_config_names()
 
@@ -77,7 +77,7 @@ def check_row_builds_trains_and_infers(name: str, device: str) -> None:
     if expect["gc_ratio"] is None:
         assert blocks == []
     else:
-        assert len(blocks) == 30 if expect["depth"] == 101 else 13
+        assert len(blocks) == (30 if expect["depth"] == 101 else 13)
         assert all(b.ratio == expect["gc_ratio"] for b in blocks)
         assert not any(isinstance(m, ContextBlock) for m in bottom_up.res2.modules())
     dcn = [m for m in bottom_up.modules() if isinstance(m, DeformConv2dWithOffset)]

@@ -14,9 +14,9 @@ from detectron2.modeling import build_model
 
 import gcnet_d2
 from gcnet_d2.checkpoint import GCNetCheckpointer
-from gcnet_d2.checkpoint.convert import CheckpointMismatchError
+from gcnet_d2.errors import CheckpointMismatchError
 from tests import mmdet_reference as ref
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 needs_mmdet = pytest.mark.skipif(not ref.mmdet_available(), reason=ref.mmdet_unavailable_reason())
 R50_GC = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
@@ -123,7 +123,7 @@ def test_converter_cli_writes_a_plain_detectron2_checkpoint(mmdet_r50, tmp_path)
     _, path = mmdet_r50
     dst = tmp_path / "out" / "converted.pth"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_mmdet_to_d2.py"), str(path), str(dst)],
+        [sys.executable, str(REPO / "tools" / "convert-mmdet-to-d2.py"), str(path), str(dst)],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -140,7 +140,7 @@ def test_converter_cli_rejects_a_non_checkpoint(tmp_path):
     bad.write_text("not a checkpoint")
     dst = tmp_path / "dst.pth"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_mmdet_to_d2.py"), str(bad), str(dst)],
+        [sys.executable, str(REPO / "tools" / "convert-mmdet-to-d2.py"), str(bad), str(dst)],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "notes.pth" in proc.stderr

@@ -16,7 +16,7 @@ from gcnet_d2.modeling import (
     reference_bottleneck_forward,
     reference_context_block,
 )
-from tests.conftest import table_config_names
+from tests.helpers import table_config_names
 from tests.test_configs import check_row_builds_trains_and_infers
 from tests.test_fast_paths import FUSIONS, build, grads, randomize
 

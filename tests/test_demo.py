@@ -17,7 +17,7 @@ from PIL import Image
 
 import gcnet_d2
 from gcnet_d2.data import SYNTHETIC_CLASSES, generate_synthetic_coco
-from tests.conftest import documented_commands
+from tests.helpers import documented_commands
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo" / "demo.py"

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.safety_helpers import HOOKED, SYNCBN_GC, TINY_OPTS, run, subprocess_env, synthetic_root
+from tests.helpers import HOOKED, SYNCBN_GC, TINY_OPTS, run, subprocess_env, synthetic_root
 
 CHANNELS = 4
 

@@ -1,11 +1,12 @@
-"""Every fast path against the plain formulation, values and gradients.
+"""Every fast path (``gcnet_d2/modeling/context_block_fast.py``) against the plain code.
 
-The fast paths (see ``gcnet_d2/modeling``): attention pooling as per-sample matrix-vector
-products with a hand-written backward, the transforms as linear layers, the fused
-``x * gate + addend`` pass, context pooled from conv3's input (``pool_projected``), and the
-GC bottleneck that folds its frozen norm and the GC terms into conv3 (one GEMM with a
-per-sample bias). The plain formulation is mmcv's: ``bn3(conv3(.))`` -> conv_mask -> softmax
--> weighted sum -> transforms -> fuse, all out of place.
+The fast paths: attention pooling as per-sample matrix-vector products with a hand-written
+backward, the transforms as linear layers, the fused ``x * gate + addend`` pass, context
+pooled from conv3's input (``pool_projected``), and the GC bottleneck that folds its frozen
+norm and the GC terms into conv3 (one GEMM with a per-sample bias). The plain formulation is
+mmcv's: ``bn3(conv3(.))`` -> conv_mask -> softmax -> weighted sum -> transforms -> fuse.
+Tracing, ``torch.export`` and ``torch.compile`` take the plain, batched code: traced at one
+batch size, run at another, saved with grad mode on or off.
 """
 
 from __future__ import annotations
@@ -24,9 +25,15 @@ from gcnet_d2.modeling import (
     reference_bottleneck_forward,
     reference_context_block,
 )
-from gcnet_d2.modeling.bottleneck import conv1x1_per_sample
-from gcnet_d2.modeling.context_block import attention_pool
-from tests.conftest import randomize
+from gcnet_d2.modeling.context_block_fast import (
+    attention_pool,
+    conv1x1_per_sample,
+    foldable,
+    pool,
+    pool_projected,
+    set_fast_paths,
+)
+from tests.helpers import randomize
 
 FUSIONS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
 CL = torch.channels_last
@@ -160,8 +167,8 @@ def test_pool_projected_equals_pooling_the_conv_output(pooling):
     h = torch.randn(2, 6, 5, 7, requires_grad=True)
     weight = torch.randn(24, 6, requires_grad=True)
     bias = torch.randn(24, requires_grad=True)
-    fast = block.pool_projected(h, weight, bias)
-    plain = block.pool(F.conv2d(h, weight.reshape(24, 6, 1, 1), bias))
+    fast = pool_projected(block, h, weight, bias)
+    plain = pool(block, F.conv2d(h, weight.reshape(24, 6, 1, 1), bias))
     torch.testing.assert_close(fast, plain, **TOL)
     g = torch.randn_like(plain)
     tensors = {"h": h, "weight": weight, "bias": bias, **dict(block.named_parameters())}
@@ -230,7 +237,7 @@ def test_folded_path_is_taken(norm):
     block.context_block.register_forward_hook(lambda *a: calls.append(2))
     block(torch.randn(1, 16, 6, 6))
     assert calls == []
-    assert block._foldable(torch.zeros(1))
+    assert foldable(block, torch.zeros(1))
 
 
 def test_gpu_inference_does_not_fold():
@@ -238,15 +245,15 @@ def test_gpu_inference_does_not_fold():
     GPU tensor here; tests/test_cuda.py checks both paths' values on a real GPU)."""
     block = build("FrozenBN")
     gpu_like = torch.empty(1, device="meta")
-    assert block._foldable(gpu_like)
+    assert foldable(block, gpu_like)
     with torch.no_grad():
-        assert not block._foldable(gpu_like)
-        assert block._foldable(torch.zeros(1))
+        assert not foldable(block, gpu_like)
+        assert foldable(block, torch.zeros(1))
 
 
 def test_unfoldable_norm_takes_the_plain_path():
     block = build("BN")  # BN in training mode: batch statistics, not a fixed affine
-    assert not block._foldable(torch.zeros(1))
+    assert not foldable(block, torch.zeros(1))
 
 
 @pytest.mark.parametrize("norm", FOLDED)
@@ -284,7 +291,7 @@ def test_bottleneck_without_context_block_matches_plain(norm):
     block = build(norm, gc=False)
     x = torch.randn(2, 16, 6, 6)
     torch.testing.assert_close(block(x), reference_bottleneck_forward(block, x), **TOL)
-    assert block._foldable(torch.zeros(1))
+    assert foldable(block, torch.zeros(1))
 
 
 def test_bottleneck_without_context_block_equals_detectron2s():
@@ -345,7 +352,7 @@ def test_no_graph_breaks_under_torch_compile(training):
 # --- a whole backbone ---------------------------------------------------------------------
 
 
-def test_gc_backbone_matches_plain_formulation(monkeypatch):
+def test_gc_backbone_matches_plain_formulation():
     """A GC r16 c3-c5 R-50 (FrozenStatsBN, eval): fast paths vs the plain statement."""
     from detectron2.layers import ShapeSpec
 
@@ -357,8 +364,7 @@ def test_gc_backbone_matches_plain_formulation(monkeypatch):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         fast = backbone(x)
-        monkeypatch.setattr(GCBottleneckBlock, "forward", reference_bottleneck_forward)
-        plain = backbone(x)
+        plain = set_fast_paths(backbone, False)(x)
     assert fast.keys() == plain.keys()
     for key in fast:  # random weights grow the activations: tolerance relative to their scale
         scale = plain[key].abs().max().item()
@@ -366,3 +372,98 @@ def test_gc_backbone_matches_plain_formulation(monkeypatch):
     assert any(
         isinstance(m, FrozenBatchNorm2d | FrozenStatsBatchNorm2d) for m in backbone.modules()
     )
+
+
+# --- tracing, export and compile take the plain, batched path ------------------------------
+
+
+def test_fast_path_flag_switches_to_the_plain_code():
+    """``fast_path=False`` never enters the fast module; the default does (in eager mode)."""
+    block = build("FrozenBN", ("channel_add", "channel_mul"))
+    calls = []
+    block.conv3.register_forward_hook(lambda *a: calls.append("conv3"))
+    block.context_block.register_forward_hook(lambda *a: calls.append("gc"))
+    x = torch.randn(2, 16, 6, 6)
+    fast = block(x)
+    assert calls == []  # folded: neither module ran
+    set_fast_paths(block, False)
+    assert not block.fast_path and not block.context_block.fast_path
+    plain = block(x)
+    assert calls == ["conv3", "gc"]
+    torch.testing.assert_close(fast, plain, **TOL)
+
+
+def _trace_nodes(traced: torch.jit.ScriptModule) -> set[str]:
+    return {node.kind() for node in traced.inlined_graph.nodes()}
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_traced_bottleneck_runs_at_another_batch_size_and_saves(grad, tmp_path):
+    block = build("FrozenBN", ("channel_add", "channel_mul"), stride=2).eval()
+    with torch.set_grad_enabled(grad):
+        traced = torch.jit.trace(block, torch.randn(1, 16, 10, 8), check_trace=False)
+    kinds = _trace_nodes(traced)
+    assert "prim::PythonOp" not in kinds and "aten::addmv" not in kinds, kinds
+    path = tmp_path / "bottleneck.pt"
+    torch.jit.save(traced, str(path))
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(2, 16, 12, 6)
+    with torch.set_grad_enabled(grad):
+        out = loaded(x)
+    torch.testing.assert_close(out, reference_bottleneck_forward(block, x), **TOL)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_traced_gc_resnet_runs_at_batch_2_and_saves(grad, tmp_path):
+    """A small GC ResNet (R-50 stem and stages, c3-c5 blocks, FrozenStatsBN) traced at batch 1."""
+    from detectron2.layers import ShapeSpec
+
+    import gcnet_d2
+    from gcnet_d2.modeling import build_gcnet_resnet_backbone
+
+    cfg = gcnet_d2.get_config("gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml")
+    backbone = randomize(build_gcnet_resnet_backbone(cfg, ShapeSpec(channels=3)), 0.05).eval()
+    with torch.set_grad_enabled(grad):
+        traced = torch.jit.trace(
+            backbone, torch.randn(1, 3, 64, 64), strict=False, check_trace=False
+        )
+    assert "prim::PythonOp" not in _trace_nodes(traced)
+    torch.jit.save(traced, str(tmp_path / "backbone.pt"))
+    loaded = torch.jit.load(str(tmp_path / "backbone.pt"))
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        got = loaded(x)
+        expect = set_fast_paths(backbone, False)(x)
+    assert got.keys() == expect.keys()
+    for key in expect:
+        scale = expect[key].abs().max().item()
+        torch.testing.assert_close(got[key], expect[key], rtol=1e-5, atol=1e-5 * scale, msg=key)
+
+
+@pytest.mark.parametrize("fusion", [("channel_add",), ("channel_add", "channel_mul")])
+def test_gc_block_exports_with_dynamic_height_and_width(fusion):
+    block = randomize(ContextBlock(32, 1 / 4, "att", fusion)).eval()
+    h, w = torch.export.Dim("h", min=2, max=256), torch.export.Dim("w", min=2, max=256)
+    program = torch.export.export(
+        block, (torch.randn(2, 32, 8, 12),), dynamic_shapes=({2: h, 3: w},)
+    )
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("addmv" in t for t in targets), targets
+    x = torch.randn(2, 32, 13, 7)
+    torch.testing.assert_close(program.module()(x), reference_context_block(block, x), **TOL)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_torch_compile_equals_eager(training):
+    """``aot_eager`` (inductor's C++ build is too slow for CI): values and gradients."""
+    torch._dynamo.reset()
+    block = build(FrozenStatsBatchNorm2d, ("channel_add", "channel_mul")).train(training)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 16, 6, 6)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expect = compiled(x1), block(x2)
+    torch.testing.assert_close(out, expect, **TOL)
+    g = torch.randn_like(expect)
+    tensors = dict(block.named_parameters())
+    fast = grads((out * g).sum(), {"x": x1, **tensors})
+    assert_same_grads(fast, grads((expect * g).sum(), {"x": x2, **tensors}))

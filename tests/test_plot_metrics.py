@@ -133,7 +133,7 @@ def test_cli_from_another_directory(tmp_path: Path) -> None:
 
 
 def test_documented_commands_parse() -> None:
-    from tests.conftest import documented_commands
+    from tests.helpers import documented_commands
 
     commands = documented_commands("tools/plot_metrics.py")
     assert len(commands) >= 2, "docs/usage.md documents one run and a comparison"

@@ -26,7 +26,7 @@ from detectron2.data.samplers import TrainingSampler
 
 from gcnet_d2.checkpoint import load_checkpoint_file
 from gcnet_d2.resume import ResumableSampler, capture_rng_state, restore_rng_state
-from tests.safety_helpers import (
+from tests.helpers import (
     HOOKED,
     PYTHON,
     QUICKSTART,

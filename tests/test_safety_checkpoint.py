@@ -27,7 +27,7 @@ from gcnet_d2.checkpoint import (
     load_checkpoint_file,
     safe_load,
 )
-from tests.safety_helpers import PYTHON, REPO
+from tests.helpers import PYTHON, REPO
 
 
 class _CreatesMarker:

@@ -13,8 +13,9 @@ import pytest
 from detectron2.config import get_cfg
 
 import gcnet_d2
-from gcnet_d2.safety import ConfigError, load_config
-from tests.safety_helpers import QUICKSTART, run, subprocess_env
+from gcnet_d2.config_loading import load_config
+from gcnet_d2.errors import ConfigError
+from tests.helpers import QUICKSTART, run, subprocess_env
 
 
 def _evil_yaml(path: Path, marker: Path, base: str | None = None) -> Path:

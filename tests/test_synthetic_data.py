@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -156,22 +157,13 @@ def test_partial_directory_without_manifest_is_regenerated(tmp_path: Path) -> No
     (root / "annotations").mkdir()
     (root / "train" / "000000.jpg").write_bytes(b"not a jpeg")
     (root / "annotations" / "instances_train.json").write_text("{")
-    # Leftover temporary sibling of a crashed run (a process that no longer exists).
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    stale = tmp_path / f".ds.tmp-{synthetic._HOST}-{int(dead.stdout)}-abc123"
-    (stale / "train").mkdir(parents=True)
-    (stale / "manifest.json").write_text("{}")
+    (root / "train" / "000099.jpg").write_bytes(b"left by a bigger crashed run")
 
     paths = generate_synthetic_coco(root, **SMALL)
     coco = _load(paths["train"])
     assert len(coco.imgs) == 6
     assert cv2.imread(os.path.join(paths["train"].image_root, "000000.jpg")) is not None
-    assert not stale.exists()
+    assert not (root / "train" / "000099.jpg").exists()  # the old contents were cleared
     # Identical to a dataset generated from scratch.
     fresh = generate_synthetic_coco(tmp_path / "fresh", **SMALL)
     assert Path(paths["val"].json_file).read_bytes() == Path(fresh["val"].json_file).read_bytes()
@@ -210,7 +202,8 @@ def test_interrupted_generation_leaves_nothing_behind(
     monkeypatch.setattr(synthetic, "_write_split", crash_on_val)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_coco(tmp_path / "ds", **SMALL)
-    assert list(tmp_path.iterdir()) == []
+    # Only the (released) lock file is left: no manifest, no half-written split.
+    assert [p.name for p in (tmp_path / "ds").iterdir()] == [".generate.lock"]
 
     monkeypatch.setattr(synthetic, "_write_split", real_write_split)
     paths = generate_synthetic_coco(tmp_path / "ds", **SMALL)
@@ -329,3 +322,37 @@ def test_coco_evaluator_scores_ground_truth_perfectly(
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_generation_waits_for_a_concurrent_generator_and_reuses_its_dataset(
+    tmp_path: Path,
+) -> None:
+    """A generator that finds the lock taken waits, then reuses the finished dataset."""
+    from iopath.common.file_io import file_lock
+
+    done = generate_synthetic_coco(tmp_path / "done", **SMALL)
+    root = tmp_path / "ds"
+    code = (
+        "import sys; from gcnet_d2.data import generate_synthetic_coco; "
+        f"generate_synthetic_coco(sys.argv[1], num_train={SMALL['num_train']}, "
+        f"num_val={SMALL['num_val']})"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    with file_lock(str(root / ".generate")):  # this process is "generating"
+        other = subprocess.Popen([sys.executable, "-c", code, str(root)], env=env)
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                other.wait(timeout=15)  # blocked on the lock (importing takes a few s too)
+            assert not (root / "manifest.json").exists()
+            # Finish "generating": the other process must take this dataset as it is.
+            for entry in Path(done["train"].json_file).parents[1].iterdir():
+                if entry.is_dir():
+                    shutil.copytree(entry, root / entry.name)
+            (root / "manifest.json").write_bytes((tmp_path / "done/manifest.json").read_bytes())
+            json_file = root / "annotations/instances_train.json"
+            os.utime(json_file, ns=(10**9, 10**9))
+        except BaseException:
+            other.kill()
+            raise
+    assert other.wait(timeout=120) == 0
+    assert json_file.stat().st_mtime_ns == 10**9  # reused, not regenerated

@@ -11,31 +11,35 @@ shared y axes, and a last column that overlays the runs' total loss, learning ra
 Lines repeated by a resumed run count once (the last value written for an iteration wins).
 """
 
+# ruff: noqa: E402 (imports follow the sys.path fallback and the matplotlib backend choice)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+if importlib.util.find_spec("gcnet_d2") is None:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+
+from gcnet_d2.io import atomic_open
 
 METRICS_FILE = "metrics.json"
 # Detectron2 reports COCO AP in percent as "<task>/AP", "<task>/AP50", "<task>/AP75", ...
 AP_KEY = re.compile(r"^(bbox|segm|keypoints)/AP(50|75)?$")
 AP_STYLES = {"": "-", "50": "--", "75": ":"}
 AP_TASKS = {"bbox": ("C0", "o"), "segm": ("C1", "s"), "keypoints": ("C2", "^")}
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class MetricsError(Exception):
@@ -214,17 +218,9 @@ def plot_runs(runs: Sequence[Run], output: str, smooth: int = 1, title: str | No
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(output).name}.", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp made it 0600
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_open(output) as f:
+            fig.savefig(f, format="png", dpi=100)
     finally:
         plt.close(fig)
     return output

@@ -10,13 +10,10 @@ from urllib.parse import urlparse
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .convert import LAYOUT_BACKBONE, LAYOUT_D2, convert_state_dict
-from .safe_load import (
-    CheckpointLoadError,
-    atomic_torch_save,
-    atomic_write_text,
-    load_checkpoint_file,
-)
+from ..errors import CheckpointLoadError
+from ..io import atomic_torch_save, atomic_write_text
+from .safe_load import load_checkpoint_file
+from .state_dict_conversion import LAYOUT_BACKBONE, LAYOUT_D2, convert_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +25,7 @@ class GCNetCheckpointer(DetectionCheckpointer):
 
     _expected_new: frozenset[str] = frozenset()
 
-    # --- safe reading / atomic writing (gcnet_d2.checkpoint.safe_load) ---------------------
+    # --- safe reading (.safe_load), atomic writing (gcnet_d2.io) ----------------------------
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # fvcore asserts on a missing file; raise a CheckpointLoadError naming it instead.

@@ -1,4 +1,4 @@
-"""Read checkpoint files without executing code from them; write them atomically.
+"""Read checkpoint files without executing code from them.
 
 Reading. Pickle-based files can make the loader call any importable function (``os.system``
 included), so no file is unpickled with the plain ``pickle`` machinery:
@@ -14,37 +14,29 @@ A file that asks for anything else is refused with a :class:`CheckpointLoadError
 file and the object it asked for. Errors for missing, truncated or non-checkpoint files name the
 file and the problem too.
 
-Writing. :func:`atomic_torch_save` and :func:`atomic_write_text` write a temporary file in the
-target's folder, flush it to disk and rename it over the target, so a crash mid-write leaves the
-previous file (or none), never a truncated one under the final name.
+Writing is :mod:`gcnet_d2.io`'s (atomic).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable
 from typing import IO, Any
 
 import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
 
+from ..errors import CheckpointLoadError
+
 __all__ = [
     "CheckpointLoadError",
     "RestrictedUnpickler",
-    "atomic_torch_save",
-    "atomic_write_text",
     "load_checkpoint_file",
     "restricted_pickle_load",
 ]
-
-
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint file that is missing, unreadable, corrupt, unsafe or not a checkpoint."""
 
 
 # (module, name) pairs a Detectron2 / Caffe2 .pkl may import while unpickling: what numpy
@@ -254,76 +246,3 @@ def load_checkpoint_file(path: str) -> dict[str, Any]:
     if is_pkl:
         data = _detectron2_pkl_layout(path, data)
     return data
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in str(path) or str(path).startswith("file://")
-
-
-def _tmp_name(path: str) -> str:
-    folder, base = os.path.split(path)
-    return os.path.join(folder, f".{base}.tmp-{os.getpid()}")
-
-
-def _remove_stale_tmp(path: str) -> None:
-    """Delete temporaries of ``path`` left by writers that crashed mid-write (best effort)."""
-    folder, base = os.path.split(path)
-    prefix = f".{base}.tmp-"
-    try:
-        names = os.listdir(folder or ".")
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    if not _is_local(path):  # remote stores (PathManager URLs) replace objects whole anyway
-        with PathManager.open(path, "wb") as f:
-            write(f)
-        return
-    path = path[len("file://") :] if path.startswith("file://") else path
-    _remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file under ``path``."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    data = text.encode("utf-8")
-    _atomic_write(path, lambda f: f.write(data))

@@ -15,35 +15,33 @@ textured background and writes them as a regular COCO dataset::
 Design notes:
 
 * Every shape is painted through the rasterised mask of the very polygon stored in its
-  annotation, and objects never touch each other (rejection sampling keeps a small gap), so each
-  polygon is exactly the object's visible mask.
+  annotation (:mod:`.shapes`), so each polygon is exactly the object's visible mask.
 * Output is a pure function of the parameters: every image gets its own random generator seeded
   by ``(seed, split, index)``, JSON is serialised with a fixed layout and JPEG quality is fixed.
-* Generation is atomic: files are written into a temporary sibling directory which is renamed
-  into place only after the manifest has been written, so an interrupted run can never leave a
-  half-written dataset that a later run would trust.
+* Generation is guarded by iopath's ``file_lock`` on ``root/.generate.lock`` (the lock
+  detectron2 uses for its COCO cache): concurrent generators wait for each other, and the
+  second one finds the dataset done and reuses it. The manifest is written last, atomically;
+  a dataset without it (an interrupted run) is never trusted and is generated again.
 """
 
 from __future__ import annotations
 
 import argparse
-import colorsys
 import json
 import logging
 import os
-import re
 import shutil
-import socket
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_util
+from iopath.common.file_io import file_lock
+
+from ..io import atomic_write_text
+from .shapes import SHAPES, polygon_area, render_image
 
 __all__ = [
     "SYNTHETIC_CLASSES",
@@ -57,7 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Category names; COCO category ids are ``1..3`` in this order.
-SYNTHETIC_CLASSES: tuple[str, ...] = ("rectangle", "ellipse", "triangle")
+SYNTHETIC_CLASSES: tuple[str, ...] = SHAPES
 
 #: Bump whenever the drawing algorithm changes, so stale datasets are detected as mismatching.
 GENERATOR_VERSION = 1
@@ -65,20 +63,13 @@ GENERATOR_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val")
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_FORMAT = "gcnet_synthetic_coco"
-_KNOWN_ENTRIES = frozenset({*SPLITS, "annotations", MANIFEST_NAME})
+# iopath's file_lock(path) locks path + ".lock".
+_LOCK_NAME = ".generate"
+_LOCK_FILE = _LOCK_NAME + ".lock"
+_KNOWN_ENTRIES = frozenset({*SPLITS, "annotations", MANIFEST_NAME, _LOCK_FILE})
 _GEN_KWARGS = frozenset({"num_train", "num_val", "height", "width", "seed", "overwrite"})
 
 _JPEG_QUALITY = 95
-_MIN_OBJECT_SIZE = 20.0  # pixels, diameter of the smallest shapes
-_MAX_OBJECT_FRACTION = 0.45  # largest shapes span this fraction of the shorter image side
-_MAX_OBJECTS = 4
-_PLACEMENT_TRIES = 100
-_GAP = 3  # minimal distance in pixels between two objects
-_BORDER = 2.0  # minimal distance in pixels between an object and the image border
-_ELLIPSE_VERTICES = 32
-_SUBPIXEL_BITS = 4  # polygon vertices are quantised to 1/16 pixel (short, exact JSON floats)
-_CATEGORY_HUES = (0.0, 1.0 / 3.0, 2.0 / 3.0)  # red-ish, green-ish, blue-ish base hues
-_HUE_JITTER = 0.07
 
 # Registered synthetic splits: dataset name -> (resolved root, split, generation kwargs).
 _REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {}
@@ -114,109 +105,6 @@ def _split_paths(root: Path) -> dict[str, SplitPaths]:
     }
 
 
-# --------------------------------------------------------------------------------------------
-# Drawing
-# --------------------------------------------------------------------------------------------
-
-
-def _quantize(points: np.ndarray) -> np.ndarray:
-    """Snap coordinates to the sub-pixel grid so JSON and drawing use identical vertices."""
-    scale = float(1 << _SUBPIXEL_BITS)
-    return np.round(points * scale) / scale
-
-
-def _shape_polygon(category: int, size: float, rng: np.random.Generator) -> np.ndarray:
-    """Return an ``(N, 2)`` polygon of the given category centred on the origin.
-
-    ``size`` bounds the shape's diameter (largest distance between two of its points), so a
-    shape never spans more than ``size`` pixels in any direction, whatever its rotation.
-    """
-    angle = rng.uniform(0.0, np.pi)
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    if category == 0:  # rectangle
-        aspect = rng.uniform(0.4, 1.0)
-        half_w = size / 2.0 / np.hypot(1.0, aspect)  # the diagonal has length ``size``
-        half_h = half_w * aspect
-        pts = np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])
-    elif category == 1:  # ellipse
-        semi_a = size / 2.0
-        semi_b = semi_a * rng.uniform(0.45, 1.0)
-        t = np.linspace(0.0, 2.0 * np.pi, _ELLIPSE_VERTICES, endpoint=False)
-        pts = np.stack([semi_a * np.cos(t), semi_b * np.sin(t)], axis=1)
-    elif category == 2:  # triangle: jittered vertices on a circle, never degenerate
-        t = np.array([0.0, 2.0, 4.0]) * np.pi / 3.0 + rng.uniform(-0.35, 0.35, size=3)
-        radius = size / 2.0 * rng.uniform(0.8, 1.0, size=3)
-        pts = np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
-    else:
-        raise ValueError(f"unknown category index {category}")
-    return pts @ rot.T
-
-
-def _rasterize(poly: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Binary ``(H, W)`` uint8 mask of a polygon in COCO coordinates.
-
-    Uses pycocotools' polygon rasteriser, the one behind both detectron2's training targets
-    (``polygons_to_bitmask``) and COCO mask evaluation, so the drawn pixels are exactly the
-    annotation's mask. (``cv2.fillPoly`` includes boundary pixels and paints about half a pixel
-    outside the polygon, which costs several IoU points on 20 px objects.)
-    """
-    rles = mask_util.frPyObjects([poly.reshape(-1).tolist()], height, width)
-    return mask_util.decode(mask_util.merge(rles))
-
-
-def _background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """Low-saturation background with smooth colour blotches and medium-scale texture."""
-    base = rng.uniform(70.0, 180.0) + rng.uniform(-20.0, 20.0, size=3)
-    coarse = rng.uniform(-30.0, 30.0, size=(3, 4, 3)).astype(np.float32)
-    fine = rng.uniform(-12.0, 12.0, size=(height // 12 + 1, width // 12 + 1, 3)).astype(np.float32)
-    img = np.empty((height, width, 3), np.float32)
-    img[:] = base
-    img += cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    img += cv2.resize(fine, (width, height), interpolation=cv2.INTER_LINEAR)
-    return img
-
-
-def _shape_color(category: int, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Saturated colour with a category-specific (but jittered) hue, in BGR order."""
-    hue = (_CATEGORY_HUES[category] + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
-    return (b * 255.0, g * 255.0, r * 255.0)
-
-
-def _render_image(
-    height: int, width: int, rng: np.random.Generator
-) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """Draw one image; return it (BGR uint8) and its objects as ``(category, polygon)``."""
-    img = _background(height, width, rng)
-    occupied = np.zeros((height, width), np.uint8)  # objects dilated by the gap
-    kernel = np.ones((2 * _GAP + 1, 2 * _GAP + 1), np.uint8)
-    max_size = max(_MIN_OBJECT_SIZE, _MAX_OBJECT_FRACTION * min(height, width))
-    objects: list[tuple[int, np.ndarray]] = []
-    for _ in range(int(rng.integers(1, _MAX_OBJECTS + 1))):
-        category = int(rng.integers(len(SYNTHETIC_CLASSES)))
-        for _ in range(_PLACEMENT_TRIES):
-            shape = _shape_polygon(category, rng.uniform(_MIN_OBJECT_SIZE, max_size), rng)
-            lo, hi = shape.min(axis=0), shape.max(axis=0)
-            x = rng.uniform(_BORDER - lo[0], width - _BORDER - hi[0])
-            y = rng.uniform(_BORDER - lo[1], height - _BORDER - hi[1])
-            poly = _quantize(shape + np.array([x, y]))
-            mask = _rasterize(poly, height, width)
-            if mask.any() and not (mask & occupied).any():
-                break
-        else:  # no free spot for this object; the image simply gets fewer objects
-            continue
-        occupied |= cv2.dilate(mask, kernel)
-        img[mask.astype(bool)] = _shape_color(category, rng)
-        objects.append((category, poly))
-    img += rng.normal(0.0, 6.0, size=img.shape).astype(np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
-
-
-def _polygon_area(poly: np.ndarray) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
-
-
 def _write_split(
     out_dir: Path,
     split: str,
@@ -227,14 +115,14 @@ def _write_split(
 ) -> None:
     """Render and write the images and COCO JSON of one split below ``out_dir``."""
     image_dir = out_dir / split
-    image_dir.mkdir(parents=True)
+    image_dir.mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     split_code = SPLITS.index(split)
     for index in range(num_images):
         # One generator per image: images are independent of each other and of the split sizes.
         rng = np.random.default_rng([seed, split_code, index])
-        img, objects = _render_image(height, width, rng)
+        img, objects = render_image(height, width, rng)
         file_name = f"{index:06d}.jpg"
         ok, encoded = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         if not ok:
@@ -251,7 +139,7 @@ def _write_split(
                     "image_id": image_id,
                     "category_id": category + 1,
                     "segmentation": [[float(v) for v in poly.reshape(-1)]],
-                    "area": round(_polygon_area(poly), 4),
+                    "area": round(polygon_area(poly), 4),
                     "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                     "iscrowd": 0,
                 }
@@ -338,40 +226,20 @@ def _describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     )
 
 
-_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+def _is_complete(root: Path, wanted: dict[str, Any], params: dict[str, int]) -> bool:
+    return _read_manifest(root) == wanted and _files_complete(root, params)
 
 
-def _temp_prefix(root: Path) -> str:
-    return f".{root.name}.tmp-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _remove_stale_temp_dirs(root: Path) -> None:
-    """Delete temporary siblings left behind by crashed runs of this host (best effort).
-
-    They are never read, so this is only housekeeping. Directories whose creating process is
-    still alive (or that were created on another host) are left alone.
-    """
-    prefix = _temp_prefix(root)
-    try:
-        candidates = [p for p in root.parent.iterdir() if p.name.startswith(prefix)]
-    except OSError:
-        return
-    for path in candidates:
-        parts = path.name[len(prefix) :].rsplit("-", 2)
-        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
+def _clear(root: Path) -> None:
+    """Delete what a generator writes under ``root`` (the lock file stays)."""
+    (root / MANIFEST_NAME).unlink(missing_ok=True)  # first: the rest is no longer trusted
+    for entry in root.iterdir():
+        if entry.name == _LOCK_FILE:
             continue
-        if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
-            shutil.rmtree(path, ignore_errors=True)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def generate_synthetic_coco(
@@ -390,8 +258,9 @@ def generate_synthetic_coco(
     The call is idempotent: a complete dataset generated with the same parameters (recorded in
     ``root/manifest.json``) is reused without touching it. A directory without a valid manifest
     is considered a leftover of an interrupted run and is regenerated, provided it contains only
-    entries this generator would write. Data is written into a temporary sibling directory and
-    renamed into place, so ``root`` is either absent, left as it was, or complete.
+    entries this generator would write. Generation holds a file lock (``root/.generate.lock``),
+    so concurrent calls generate once; the manifest is written last, so a killed run is never
+    mistaken for a complete dataset.
 
     Raises:
         ValueError: ``root`` holds a dataset generated with different parameters, or unrelated
@@ -403,13 +272,15 @@ def generate_synthetic_coco(
     root = Path(root).absolute()
     paths = _split_paths(root)
     wanted = _manifest(params)
+    if root.is_dir() and _is_complete(root, wanted, params):
+        return paths  # the common case: no lock file to create (root may be read-only)
+    if (root.exists() or root.is_symlink()) and not root.is_dir():
+        raise ValueError(f"synthetic dataset root '{root}' exists and is not a directory")
 
-    if root.exists() or root.is_symlink():
-        if not root.is_dir():
-            raise ValueError(f"synthetic dataset root '{root}' exists and is not a directory")
+    with file_lock(str(root / _LOCK_NAME)):  # creates root; blocks while another generates
+        if _is_complete(root, wanted, params):
+            return paths  # another process generated it while this one waited
         manifest = _read_manifest(root)
-        if manifest is not None and manifest == wanted and _files_complete(root, params):
-            return paths
         if not overwrite:
             if manifest is not None and manifest != wanted:
                 raise ValueError(
@@ -424,23 +295,16 @@ def generate_synthetic_coco(
                     f"entries {unknown[:5]}; pass overwrite=True to replace it or use another "
                     "directory"
                 )
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(root)
-    start = time.perf_counter()
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f"{_temp_prefix(root)}{_HOST}-{os.getpid()}-", dir=root.parent)
-    )
-    try:
-        for split in SPLITS:
-            _write_split(tmp, split, params[f"num_{split}"], height, width, params["seed"])
+        start = time.perf_counter()
+        _clear(root)
+        try:
+            for split in SPLITS:
+                _write_split(root, split, params[f"num_{split}"], height, width, params["seed"])
+        except BaseException:
+            _clear(root)  # leave no partial split behind (a killed run leaves no manifest)
+            raise
         # The manifest is written last: its presence certifies the files above are complete.
-        with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as f:
-            json.dump(wanted, f, indent=2, sort_keys=True)
-        _move_into_place(tmp, root, wanted, params)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_text(str(root / MANIFEST_NAME), json.dumps(wanted, indent=2, sort_keys=True))
     logger.info(
         "Generated synthetic COCO dataset in %s (%d train, %d val images) in %.1f s",
         root,
@@ -457,31 +321,6 @@ def _flatten(manifest: dict[str, Any]) -> dict[str, Any]:
     if isinstance(params, dict):
         flat.update(params)
     return flat
-
-
-def _move_into_place(tmp: Path, root: Path, wanted: dict[str, Any], params: dict[str, int]) -> None:
-    """Rename the finished ``tmp`` directory to ``root``, replacing an existing ``root``."""
-    old = None
-    if root.exists() or root.is_symlink():
-        # A directory cannot be replaced by rename unless it is empty: move it aside first.
-        old = root.parent / f"{_temp_prefix(root)}{_HOST}-{os.getpid()}-old{uuid.uuid4().hex}"
-        os.rename(root, old)
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        # Most likely a concurrent process finished the same dataset first; accept it if valid.
-        if _read_manifest(root) == wanted and _files_complete(root, params):
-            return
-        if old is not None and not (root.exists() or root.is_symlink()):
-            os.rename(old, root)  # put back what was there before
-            old = None
-        raise
-    finally:
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------

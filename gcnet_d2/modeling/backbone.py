@@ -1,37 +1,193 @@
-"""Registered backbone builders: GC / DCN ResNet and ResNeXt, bare and inside an FPN.
+"""GC / DCN ResNet and ResNeXt backbones: a config-free API and the registered builders.
 
-Selected from a config with ``MODEL.BACKBONE.NAME``:
+Config-free, in detectron2's style (``ResNet.make_default_stages``), for LazyConfigs and code::
+
+    ResNet(
+        stem=make_gcnet_stem(norm="FrozenStatsBN"),
+        stages=make_gcnet_stages(depth=50, gc_stages=(False, True, True, True), gc_ratio=1 / 16),
+        out_features=["res2", "res3", "res4", "res5"],
+        freeze_at=2,
+    )
+
+Registered, selected from a YAML config with ``MODEL.BACKBONE.NAME`` (they validate the
+config, naming the key, then call the functions above):
 ``build_gcnet_resnet_backbone``, ``build_gcnet_resnet_fpn_backbone`` (Mask / Cascade R-CNN)
 and ``build_gcnet_retinanet_resnet_fpn_backbone`` (P3-P7, RetinaNet-style).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import torch
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec
+from detectron2.layers import CNNBlockBase, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock
 from torch import nn
 
+from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .context_block import validate_context_args
 from .inference_options import apply_inference_options
+from .init import init_fpn_like_mmdet
 from .norm import resolve_norm
 
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 def _check_per_stage(key: str, value: object) -> list[bool]:
-    if not isinstance(value, list | tuple) or len(value) != 4:
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 4:
         raise ValueError(f"{key} must list 4 booleans (res2..res5), got {value!r}")
     if not all(isinstance(v, bool) or v in (0, 1) for v in value):
         raise ValueError(f"{key} must hold booleans, got {value!r}")
     return [bool(v) for v in value]
+
+
+def _default_device(device: str | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _resolve_norm_arg(norm: str | Callable[[int], nn.Module], device: str | None):  # noqa: ANN202
+    if not isinstance(norm, str):
+        return norm
+    try:
+        return resolve_norm(norm, _default_device(device))
+    except ValueError as e:
+        raise ValueError(f"norm: {e}") from None
+
+
+def make_gcnet_stem(
+    norm: str | Callable[[int], nn.Module] = "FrozenStatsBN",
+    *,
+    in_channels: int = 3,
+    out_channels: int = 64,
+    device: str | None = None,
+) -> BasicStem:
+    """detectron2's ``BasicStem`` (7x7 conv, norm, ReLU, 3x3 max-pool) with a gcnet_d2 norm.
+
+    Args:
+        norm: a detectron2 norm name (``"BN"``, ``"SyncBN"``, ``"FrozenBN"``, ...), gcnet_d2's
+            ``"FrozenStatsBN"`` (mmdetection's frozen statistics, trainable affine) or a
+            callable ``channels -> nn.Module``.
+        in_channels: input image channels.
+        out_channels: stem width (64 for every ResNet / ResNeXt of the GCNet table).
+        device: where the model will run; ``"SyncBN"`` becomes detectron2's gloo-capable
+            ``"naiveSyncBN"`` off CUDA. ``None``: CUDA when available, else the CPU.
+    """
+    return BasicStem(in_channels, out_channels, norm=_resolve_norm_arg(norm, device))
+
+
+def make_gcnet_stages(
+    depth: int = 50,
+    *,
+    num_groups: int = 1,
+    width_per_group: int = 64,
+    norm: str | Callable[[int], nn.Module] = "FrozenStatsBN",
+    stride_in_1x1: bool = False,
+    res5_dilation: int = 1,
+    gc_stages: Sequence[bool] = (False, False, False, False),
+    gc_ratio: float = 1.0 / 16,
+    gc_pooling: str = "att",
+    gc_fusion: Sequence[str] = ("channel_add",),
+    deform_stages: Sequence[bool] = (False, False, False, False),
+    deform_num_groups: int = 1,
+    in_channels: int = 64,
+    out_channels: int = 256,
+    device: str | None = None,
+) -> list[list[CNNBlockBase]]:
+    """The four stages (res2..res5) of a bottleneck ResNet / ResNeXt with GC blocks and DCN.
+
+    Returns the ``stages`` argument of detectron2's ``ResNet``, as
+    ``ResNet.make_default_stages`` does, so a LazyConfig writes
+    ``L(ResNet)(stem=L(make_gcnet_stem)(...), stages=L(make_gcnet_stages)(...), ...)``.
+    Every bottleneck of a stage in ``gc_stages`` applies a GC block after ``conv3`` + norm
+    (mmdetection's ``after_conv3``); every bottleneck of a stage in ``deform_stages`` has a
+    DCN v1 ``conv2``. Module names match detectron2's ResNet plus ``context_block`` and
+    ``conv2.conv_offset``, so mmdetection checkpoints convert key for key.
+
+    Args:
+        depth: 50, 101 or 152.
+        num_groups: groups of the 3x3 convs (32 for ResNeXt-32x4d, 1 for ResNet).
+        width_per_group: width of each group in res2 (4 for ResNeXt-32x4d, 64 for ResNet).
+        norm: as in :func:`make_gcnet_stem`.
+        stride_in_1x1: stride on the first 1x1 conv ("caffe" style) instead of the 3x3
+            ("pytorch" style, mmdetection's and the table's).
+        res5_dilation: 1, or 2 for a dilated res5 at stride 16.
+        gc_stages: per stage res2..res5, whether its blocks have GC blocks ("c3-c5" is
+            ``(False, True, True, True)``).
+        gc_ratio: hidden width of the GC transform as a fraction of the channels, in (0, 1]
+            (``1/16`` is "r16", ``1/4`` is "r4").
+        gc_pooling: ``"att"`` (softmax attention over H x W, the paper's) or ``"avg"``.
+        gc_fusion: any of ``"channel_add"``, ``"channel_mul"``.
+        deform_stages: per stage res2..res5, whether its 3x3 convs are deformable
+            ("dconv_c3-c5" is ``(False, True, True, True)``).
+        deform_num_groups: offset groups of the deformable convs.
+        in_channels: the stem's output width.
+        out_channels: res2's output width (doubled at every later stage).
+        device: as in :func:`make_gcnet_stem`.
+
+    Raises:
+        ValueError: naming the argument, for a depth, norm or GC / DCN option it cannot build.
+    """
+    if depth not in BLOCKS_PER_STAGE:
+        raise ValueError(
+            f"depth: gcnet_d2 builds bottleneck ResNets {sorted(BLOCKS_PER_STAGE)}, got {depth!r}"
+        )
+    gc_on = _check_per_stage("gc_stages", gc_stages)
+    dcn_on = _check_per_stage("deform_stages", deform_stages)
+    for name, call in (
+        ("gc_ratio", lambda: validate_context_args(gc_ratio, "att", ["channel_add"])),
+        ("gc_pooling", lambda: validate_context_args(0.5, gc_pooling, ["channel_add"])),
+        ("gc_fusion", lambda: validate_context_args(0.5, "att", list(gc_fusion))),
+    ):
+        try:
+            call()
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"res5_dilation must be 1 or 2, got {res5_dilation!r}")
+    norm = _resolve_norm_arg(norm, device)
+    bottleneck_channels = num_groups * width_per_group
+    stages = []
+    for idx, num_blocks in enumerate(BLOCKS_PER_STAGE[depth]):
+        dilation = res5_dilation if idx == 3 else 1
+        first_stride = 1 if idx == 0 or dilation == 2 else 2
+        kwargs = {
+            "bottleneck_channels": bottleneck_channels,
+            "num_groups": num_groups,
+            "norm": norm,
+            "stride_in_1x1": stride_in_1x1,
+            "dilation": dilation,
+        }
+        if dcn_on[idx]:
+            block_class = DeformGCBottleneckBlock
+            kwargs["deform_num_groups"] = deform_num_groups
+        else:
+            block_class = GCBottleneckBlock if gc_on[idx] else BottleneckBlock
+        if block_class is not BottleneckBlock:
+            kwargs["gc_ratio"] = gc_ratio if gc_on[idx] else None
+            kwargs["gc_pooling"] = gc_pooling
+            kwargs["gc_fusion"] = tuple(gc_fusion)
+        stages.append(
+            ResNet.make_stage(
+                block_class,
+                num_blocks,
+                stride_per_block=[first_stride] + [1] * (num_blocks - 1),
+                in_channels=in_channels,
+                out_channels=out_channels,
+                **kwargs,
+            )
+        )
+        in_channels = out_channels
+        out_channels *= 2
+        bottleneck_channels *= 2
+    return stages
 
 
 def validate_gcnet_config(cfg: CfgNode) -> None:
@@ -75,43 +231,26 @@ def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     validate_gcnet_config(cfg)
     res, gc = cfg.MODEL.RESNETS, cfg.MODEL.GCNET
     norm = resolve_norm(res.NORM, cfg.MODEL.DEVICE)
-    stem = BasicStem(input_shape.channels, res.STEM_OUT_CHANNELS, norm=norm)
-    in_channels, out_channels = res.STEM_OUT_CHANNELS, res.RES2_OUT_CHANNELS
-    bottleneck_channels = res.NUM_GROUPS * res.WIDTH_PER_GROUP
-    stages = []
-    for idx, num_blocks in enumerate(BLOCKS_PER_STAGE[res.DEPTH]):
-        dilation = res.RES5_DILATION if idx == 3 else 1
-        first_stride = 1 if idx == 0 or dilation == 2 else 2
-        kwargs = {
-            "bottleneck_channels": bottleneck_channels,
-            "num_groups": res.NUM_GROUPS,
-            "norm": norm,
-            "stride_in_1x1": res.STRIDE_IN_1X1,
-            "dilation": dilation,
-        }
-        gc_on, dcn_on = gc.STAGES_ON[idx], res.DEFORM_ON_PER_STAGE[idx]
-        if dcn_on:
-            block_class = DeformGCBottleneckBlock
-            kwargs["deform_num_groups"] = res.DEFORM_NUM_GROUPS
-        else:
-            block_class = GCBottleneckBlock if gc_on else BottleneckBlock
-        if block_class is not BottleneckBlock:
-            kwargs["gc_ratio"] = gc.RATIO if gc_on else None
-            kwargs["gc_pooling"] = gc.POOLING
-            kwargs["gc_fusion"] = tuple(gc.FUSION)
-        stages.append(
-            ResNet.make_stage(
-                block_class,
-                num_blocks,
-                stride_per_block=[first_stride] + [1] * (num_blocks - 1),
-                in_channels=in_channels,
-                out_channels=out_channels,
-                **kwargs,
-            )
-        )
-        in_channels = out_channels
-        out_channels *= 2
-        bottleneck_channels *= 2
+    # Stem first: modules draw their initial weights in construction order.
+    stem = make_gcnet_stem(
+        norm, in_channels=input_shape.channels, out_channels=res.STEM_OUT_CHANNELS
+    )
+    stages = make_gcnet_stages(
+        res.DEPTH,
+        num_groups=res.NUM_GROUPS,
+        width_per_group=res.WIDTH_PER_GROUP,
+        norm=norm,
+        stride_in_1x1=res.STRIDE_IN_1X1,
+        res5_dilation=res.RES5_DILATION,
+        gc_stages=gc.STAGES_ON,
+        gc_ratio=gc.RATIO,
+        gc_pooling=gc.POOLING,
+        gc_fusion=gc.FUSION,
+        deform_stages=res.DEFORM_ON_PER_STAGE,
+        deform_num_groups=res.DEFORM_NUM_GROUPS,
+        in_channels=res.STEM_OUT_CHANNELS,
+        out_channels=res.RES2_OUT_CHANNELS,
+    )
     return ResNet(
         stem, stages, out_features=res.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
     )
@@ -120,6 +259,7 @@ def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
 def _fpn(
     cfg: CfgNode, input_shape: ShapeSpec, make_top_block: Callable[[ResNet], nn.Module]
 ) -> FPN:
+    validate_mmdet_train_config(cfg)
     bottom_up = _resnet(cfg, input_shape)
     fpn = FPN(
         bottom_up=bottom_up,
@@ -129,6 +269,8 @@ def _fpn(
         top_block=make_top_block(bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+    if "MMDET_TRAIN" in cfg.MODEL and cfg.MODEL.MMDET_TRAIN.HEAD_INIT == "mmdet":
+        init_fpn_like_mmdet(fpn)
     return apply_inference_options(fpn, cfg)
 
 

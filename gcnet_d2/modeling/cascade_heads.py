@@ -10,7 +10,12 @@ GCNet cascade checkpoints), this class follows mmdetection:
   stage ``k``'s foreground proposals;
 - training: stage losses are weighted (``MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS``,
   mmdetection's ``stage_loss_weights`` 1, 0.5, 0.25) instead of detectron2's 1/3 gradient
-  scaling of the pooled features.
+  scaling of the pooled features;
+- training, with ``MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER``: every stage samples its RoIs as
+  mmdetection does (GTs prepended, ``ROI_HEADS`` budget), and with ``CASCADE_RESAMPLE`` stages
+  2 and 3 take the refined boxes of the previous stage's sample *minus its GT rows*, match
+  them at their own IoU, prepend the GTs again and re-sample (Detectron2 relabels all refined
+  boxes of the first sample, without GTs or re-sampling).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..config import validate_mmdet_train_config
 from ..registry import register_once
+from .init import init_box_head_like_mmdet, init_mask_head_like_mmdet
+from .roi_heads import log_sample_sizes, mmdet_roi_matcher, sample_with_gt_prepended
 
 
 @register_once(ROI_HEADS_REGISTRY)
@@ -37,8 +45,19 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
     per-stage loss weights. See the module docstring."""
 
     @configurable
-    def __init__(self, *, stage_loss_weights: Sequence[float], **kwargs: object) -> None:
+    def __init__(
+        self,
+        *,
+        stage_loss_weights: Sequence[float],
+        mmdet_sampling: bool = False,
+        cascade_resample: bool = False,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)
+        if cascade_resample and not mmdet_sampling:
+            raise ValueError("cascade_resample needs mmdet_sampling (GT rows are dropped)")
+        self.mmdet_sampling = bool(mmdet_sampling)
+        self.cascade_resample = bool(cascade_resample)
         if len(stage_loss_weights) != self.num_cascade_stages:
             raise ValueError(
                 "MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS needs one weight per stage "
@@ -50,8 +69,20 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):  # noqa: ANN001, ANN206 - detectron2 signature
+        validate_mmdet_train_config(cfg)
         ret = super().from_config(cfg, input_shape)
         ret["stage_loss_weights"] = cfg.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS
+        t = cfg.MODEL.MMDET_TRAIN
+        if t.ROI_MAX_IOU_ASSIGNER:
+            ious = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS
+            ret["proposal_matchers"] = [mmdet_roi_matcher(cfg, [iou], [0, 1]) for iou in ious]
+        ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
+        ret["cascade_resample"] = t.CASCADE_RESAMPLE
+        if t.HEAD_INIT == "mmdet":
+            for head in ret["box_heads"]:
+                init_box_head_like_mmdet(head)
+            for head in ret.get("mask_head") or []:
+                init_mask_head_like_mmdet(head)
         return ret
 
     @classmethod
@@ -82,6 +113,47 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             return proposals, self._train_stages(features, proposals, targets)
         instances = self._forward_box(features, proposals)
         return self.forward_with_given_boxes(features, instances), {}
+
+    @torch.no_grad()
+    def label_and_sample_proposals(
+        self, proposals: list[Instances], targets: list[Instances], stage: int = 0
+    ) -> list[Instances]:
+        """Stage ``stage``'s sample: mmdetection's (GTs prepended) or Detectron2's."""
+        if not self.mmdet_sampling:
+            if stage != 0:
+                raise RuntimeError("Detectron2's sampler only samples the first stage")
+            return super().label_and_sample_proposals(proposals, targets)
+        sampled = [
+            sample_with_gt_prepended(
+                p.proposal_boxes,
+                t,
+                self.proposal_matchers[stage],
+                self.batch_size_per_image,
+                self.positive_fraction,
+                self.num_classes,
+            )
+            for p, t in zip(proposals, targets, strict=True)
+        ]
+        if stage == 0:
+            log_sample_sizes(sampled, self.num_classes)
+        return sampled
+
+    def _resample_stage(
+        self,
+        boxes: list[torch.Tensor],
+        previous: list[Instances],
+        stage: int,
+        targets: list[Instances],
+    ) -> list[Instances]:
+        """mmdetection's ``refine_bboxes`` + the next stage's assign / sample: the refined
+        boxes of the previous sample minus its GT rows, clipped to the image, sampled again."""
+        proposals = []
+        for b, prev in zip(boxes, previous, strict=True):
+            p = Instances(prev.image_size)
+            p.proposal_boxes = Boxes(b.detach()[~prev.proposal_is_gt])
+            p.proposal_boxes.clip(prev.image_size)
+            proposals.append(p)
+        return self.label_and_sample_proposals(proposals, targets, stage)
 
     def _run_stage(self, features, proposals, stage):  # noqa: ANN001, ANN202
         # No 1/num_stages gradient scaling: mmdetection weights the stage losses instead.
@@ -118,7 +190,9 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         losses = {}
         prev_boxes: list[torch.Tensor] = []
         for k in range(self.num_cascade_stages):
-            if k > 0:
+            if k > 0 and self.cascade_resample:
+                proposals = self._resample_stage(prev_boxes, proposals, k, targets)
+            elif k > 0:
                 proposals = self._create_proposals_from_boxes(prev_boxes, image_sizes)
                 proposals = self._label_stage(proposals, k, targets)
             predictions = self._run_stage(box_features, proposals, k)
@@ -153,7 +227,9 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             logits.append(predictions[0])
         scores = (sum(logits) / float(self.num_cascade_stages)).softmax(dim=-1)
-        scores = scores.split([len(p) for p in proposals])
+        # Sizes read from tensor shapes, not len(): a trace keeps them symbolic (len() would
+        # bake in the trace image's counts).
+        scores = scores.split([p.proposal_boxes.tensor.shape[0] for p in proposals])
         predictor = self.box_predictor[-1]
         instances, _ = fast_rcnn_inference(
             boxes,
@@ -177,9 +253,11 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         probs = probs / float(len(self.mask_head))
         if probs.shape[1] == 1:
             chosen = probs
-        else:
+        else:  # each detection's own class; gather builds no index tensor on a fixed device
             classes = cat([x.pred_classes for x in instances])
-            chosen = probs[torch.arange(len(classes), device=probs.device), classes][:, None]
-        for inst, masks in zip(instances, chosen.split([len(x) for x in instances]), strict=True):
+            index = classes.reshape(-1, 1, 1, 1).expand(-1, 1, probs.shape[2], probs.shape[3])
+            chosen = probs.gather(1, index)
+        counts = [x.pred_classes.shape[0] for x in instances]  # symbolic under tracing
+        for inst, masks in zip(instances, chosen.split(counts), strict=True):
             inst.pred_masks = masks
         return instances

@@ -1,5 +1,6 @@
-"""Convert mmdetection detector checkpoints and ImageNet backbones to gcnet_d2's key names,
-checked against the model they will be loaded into."""
+"""State-dict conversion: mmdetection detector checkpoints and ImageNet backbones renamed to
+gcnet_d2's keys, checked against the model they will be loaded into (in memory; files are
+:mod:`.file_conversion`'s)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import CheckpointMismatchError
 from .mmdet_layout import DEPTH_BY_RES4_BLOCKS, Architecture, read_architecture, rename_key
 
 LAYOUT_D2 = "detectron2"
 LAYOUT_MMDET = "mmdetection detector"
 LAYOUT_BACKBONE = "ImageNet backbone (torchvision / OpenMMLab)"
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's architecture is not the one the config builds."""
 
 
 def detect_layout(data: dict) -> tuple[str, dict[str, torch.Tensor]]:

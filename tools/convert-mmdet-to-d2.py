@@ -2,10 +2,11 @@
 """Convert an mmdetection checkpoint (e.g. a released GCNet ``.pth``) or an ImageNet backbone
 (torchvision / OpenMMLab) to a Detectron2 checkpoint for gcnet_d2's models.
 
-    python tools/convert_mmdet_to_d2.py SRC.pth DST.pth [--config-file CFG] [KEY VALUE ...]
+    python tools/convert-mmdet-to-d2.py SRC.pth DST.pth [--config-file CFG] [KEY VALUE ...]
 
 Without ``--config-file`` the shipped table config that fits the checkpoint is used (or a
 base config with the overrides that make it fit). Prints what was converted, dropped and why.
+Named like detectron2's ``tools/convert-torchvision-to-d2.py``.
 ``train_net.py`` also accepts SRC directly as MODEL.WEIGHTS: converting is optional.
 """
 
@@ -14,9 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gcnet_d2.checkpoint.convert import CheckpointMismatchError
-from gcnet_d2.checkpoint.convert_file import convert_checkpoint_file
-from gcnet_d2.checkpoint.safe_load import CheckpointLoadError
+from gcnet_d2.checkpoint.file_conversion import convert_checkpoint_file
+from gcnet_d2.errors import KNOWN_ERRORS, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = convert_checkpoint_file(args.src, args.dst, args.config_file, args.opts)
-    except (CheckpointLoadError, CheckpointMismatchError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (*KNOWN_ERRORS, FileNotFoundError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(report.summary())
     print(f"wrote {args.dst}")

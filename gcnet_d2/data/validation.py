@@ -1,19 +1,15 @@
-"""Dataset robustness: clear errors for broken datasets, optional skipping of broken images.
+"""Dataset validation: is a COCO annotation file usable, are its records trainable.
 
-What can go wrong, and what gcnet_d2 does about it (training and evaluation loaders built by
-:func:`build_train_loader` / :func:`build_test_loader`, which ``GCNetTrainer`` uses):
+Each check raises a :class:`~gcnet_d2.errors.DatasetError` naming the file and the first
+problem found, instead of the KeyError or assertion detectron2 would meet later:
 
-- annotation file missing, not JSON, or JSON that is not COCO: :class:`DatasetError` naming the
-  file and the first problem found (:func:`validate_coco_json`);
-- an image file that is missing, unreadable (a folder, no permission), empty, truncated or not
-  an image, or whose decoded size disagrees with the ``height``/``width`` of its annotation:
-  :class:`DatasetError` naming the file and the problem. With ``GCNET_DATA.SKIP_BAD_IMAGES``
-  training skips such images instead (each one logged once with its reason; counted); files
-  that are missing or unreadable are dropped before training starts, the others when they are
-  first read (detectron2's ``MapDataset`` then takes another image). Evaluation never skips;
-- images without annotations, grayscale, palette, RGBA and 16-bit images work (detectron2
-  converts them to the config's ``INPUT.FORMAT``; training drops images without annotations
-  when ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` is set, as detectron2 does).
+- :func:`validate_coco_json`: annotation file missing, not JSON, or JSON that is not COCO;
+- :func:`load_dataset_dicts`: detectron2's ``get_detection_dataset_dicts`` with its failures
+  explained (unregistered name, bad annotation file, empty dataset);
+- :func:`check_records`: image files missing, unreadable or empty, malformed size fields or
+  boxes; with ``skip_bad`` such records are dropped and logged instead.
+
+Images that turn out broken only when decoded are :mod:`.loaders`' concern.
 """
 
 from __future__ import annotations
@@ -21,50 +17,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch.utils.data as torchdata
-from detectron2.config import CfgNode
-from detectron2.data import (
-    DatasetCatalog,
-    DatasetMapper,
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
-from detectron2.data.detection_utils import SizeMismatchError
-from detectron2.data.samplers import InferenceSampler
-from detectron2.utils import comm
-from PIL import Image
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 
-from ..resume import ResumableSampler
+from ..errors import DatasetError
 
-__all__ = [
-    "DatasetError",
-    "RobustMapper",
-    "build_test_loader",
-    "build_train_loader",
-    "check_records",
-    "load_dataset_dicts",
-    "validate_coco_json",
-]
+__all__ = ["SKIP_HINT", "check_records", "load_dataset_dicts", "validate_coco_json"]
 
 logger = logging.getLogger(__name__)
 
-_SKIP_HINT = "set GCNET_DATA.SKIP_BAD_IMAGES True to train without such images"
+#: What a DatasetError about a training image suggests.
+SKIP_HINT = "set GCNET_DATA.SKIP_BAD_IMAGES True to train without such images"
 _MAX_LISTED = 5
-
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be used as it is; the message names the file and the problem."""
-
-
-# --------------------------------------------------------------------------------------------
-# Annotation files
-# --------------------------------------------------------------------------------------------
 
 
 def _is_number(v: object) -> bool:
@@ -245,7 +212,7 @@ def _record_problem(record: dict) -> str | None:
 
 
 def check_records(
-    dicts: list[dict], *, skip_bad: bool, what: str = "the dataset", hint: str = _SKIP_HINT
+    dicts: list[dict], *, skip_bad: bool, what: str = "the dataset", hint: str = SKIP_HINT
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Check every record: image file present, non-empty and readable; sane size fields and
     annotations (finite 4-number boxes, integer categories). One ``stat`` per image.
@@ -273,155 +240,3 @@ def check_records(
     if not good:
         raise DatasetError(f"no usable image left in {what} ({len(dicts)} records)")
     return good, problems
-
-
-# --------------------------------------------------------------------------------------------
-# Image reading
-# --------------------------------------------------------------------------------------------
-
-# What reading/decoding a broken image raises (PIL raises OSError subclasses, or SyntaxError
-# for some broken PNG chunks); not programming errors.
-_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    SyntaxError,
-    SizeMismatchError,
-    Image.DecompressionBombError,
-)
-
-
-def _image_problem(e: BaseException, file_name: str) -> str:
-    other = getattr(e, "filename", None)
-    if isinstance(e, OSError) and other and str(other) != file_name:
-        # Another file of the record (e.g. a segmentation map) failed: name that one.
-        return f"{other}: {e.strerror or type(e).__name__}"
-    if isinstance(e, SizeMismatchError):
-        return f"size disagrees with its annotation ({str(e).strip()})"
-    if isinstance(e, FileNotFoundError):
-        return "no such file"
-    if isinstance(e, IsADirectoryError):
-        return "is a folder, not an image file"
-    if isinstance(e, PermissionError):
-        return "not readable (permission denied)"
-    detail = str(e).strip()
-    if "cannot identify image file" in detail:
-        detail = "not an image file PIL can identify"
-    return f"cannot be decoded ({type(e).__name__}: {detail})"
-
-
-class RobustMapper:
-    """Wraps a dataset mapper: broken images raise a DatasetError, or are skipped.
-
-    With ``skip_bad`` the mapper returns None for a broken image (detectron2's ``MapDataset``
-    then serves another image), logs it once and counts it in :attr:`skipped`.
-    """
-
-    def __init__(
-        self,
-        mapper: Callable[[dict], Any],
-        *,
-        skip_bad: bool,
-        num_images: int | None = None,
-        hint: str = _SKIP_HINT,
-    ) -> None:
-        self.mapper = mapper
-        self.skip_bad = skip_bad
-        self.num_images = num_images
-        self.hint = hint
-        self.skipped: dict[str, str] = {}
-
-    def __call__(self, dataset_dict: dict) -> Any:
-        try:
-            return self.mapper(dataset_dict)
-        except _IMAGE_ERRORS as e:
-            file_name = str(dataset_dict.get("file_name", "<record without file_name>"))
-            problem = _image_problem(e, file_name)
-            if not self.skip_bad:
-                hint = f"; {self.hint}" if self.hint else ""
-                raise DatasetError(f"image {file_name}: {problem}{hint}") from e
-            if file_name not in self.skipped:
-                self.skipped[file_name] = problem
-                logger.warning(
-                    "Skipping image %s: %s (%d image(s) skipped so far in this process)",
-                    file_name,
-                    problem,
-                    len(self.skipped),
-                )
-            if self.num_images is not None and len(self.skipped) >= self.num_images:
-                raise DatasetError(
-                    f"all {self.num_images} training images failed to load; last: "
-                    f"{file_name}: {problem}"
-                ) from e
-            return None
-
-
-# --------------------------------------------------------------------------------------------
-# Loaders
-# --------------------------------------------------------------------------------------------
-
-
-def build_train_loader(cfg: CfgNode, mapper: Callable[[dict], Any] | None = None) -> Any:
-    """detectron2's training loader with checked data and a resumable sampler.
-
-    The sampler is detectron2's choice (``DATALOADER.SAMPLER_TRAIN``) wrapped in a
-    :class:`~gcnet_d2.resume.ResumableSampler`, reachable as ``loader.resumable_sampler``.
-    The loader has its own seeded generator, so building or iterating it does not draw from
-    torch's global RNG (which a resumed run restores from the checkpoint).
-    """
-    from detectron2.data.build import _train_loader_from_config  # detectron2's sampler choice
-
-    skip_bad = bool(cfg.GCNET_DATA.SKIP_BAD_IMAGES) if "GCNET_DATA" in cfg else False
-    names = list(cfg.DATASETS.TRAIN)
-    dicts = load_dataset_dicts(
-        names,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
-        if cfg.MODEL.KEYPOINT_ON
-        else 0,
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
-    dicts, _ = check_records(dicts, skip_bad=skip_bad, what=f"training set {names}")
-    robust = RobustMapper(
-        mapper if mapper is not None else DatasetMapper(cfg, True),
-        skip_bad=skip_bad,
-        num_images=len(dicts),
-    )
-    kwargs = _train_loader_from_config(cfg, mapper=robust, dataset=dicts)
-    sampler = ResumableSampler(kwargs.pop("sampler"))
-    base = cfg.SEED if cfg.SEED >= 0 else int(np.random.randint(2**31))
-    loader = build_detection_train_loader(
-        sampler=sampler, seed=(base + comm.get_rank()) % 2**31, **kwargs
-    )
-    loader.resumable_sampler = sampler
-    return loader
-
-
-def build_test_loader(
-    cfg: CfgNode, dataset_name: str, mapper: Callable[[dict], Any] | None = None
-) -> torchdata.DataLoader:
-    """detectron2's test loader with checked data; a broken image is always an error."""
-    dicts = load_dataset_dicts(
-        [dataset_name],
-        filter_empty=False,
-        proposal_files=[
-            cfg.DATASETS.PROPOSAL_FILES_TEST[list(cfg.DATASETS.TEST).index(dataset_name)]
-        ]
-        if cfg.MODEL.LOAD_PROPOSALS
-        else None,
-    )
-    dicts, _ = check_records(
-        dicts,
-        skip_bad=False,
-        what=f"test set {dataset_name!r}",
-        hint="evaluation needs every image",
-    )
-    robust = RobustMapper(
-        mapper if mapper is not None else DatasetMapper(cfg, False),
-        skip_bad=False,
-        hint="evaluation needs every image",
-    )
-    return build_detection_test_loader(
-        dicts,
-        mapper=robust,
-        sampler=InferenceSampler(len(dicts)),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )

@@ -1,18 +1,23 @@
-"""File-to-file conversion behind ``tools/convert_mmdet_to_d2.py``."""
+"""File conversion: an mmdetection / ImageNet checkpoint file in, a Detectron2 checkpoint file
+out (behind ``tools/convert-mmdet-to-d2.py``). The key renaming itself is
+:mod:`.state_dict_conversion`'s."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 
-import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 
 from ..config import add_gcnet_config
+from ..config_loading import load_config
+from ..errors import CheckpointLoadError
+from ..io import atomic_torch_save
 from ..model_zoo import get_config, get_config_file
-from .convert import (
+from .mmdet_layout import read_architecture
+from .safe_load import load_checkpoint_file
+from .state_dict_conversion import (
     LAYOUT_BACKBONE,
     LAYOUT_D2,
     ConversionReport,
@@ -20,8 +25,6 @@ from .convert import (
     detect_layout,
     matching_configs,
 )
-from .mmdet_layout import read_architecture
-from .safe_load import CheckpointLoadError, load_checkpoint_file
 
 
 def config_for_checkpoint(data: dict, config_file: str | None, opts: Sequence[str]) -> CfgNode:
@@ -31,8 +34,6 @@ def config_for_checkpoint(data: dict, config_file: str | None, opts: Sequence[st
     layout, sd = detect_layout(data)
     arch = read_architecture(sd, layout == LAYOUT_BACKBONE)
     if config_file:
-        from ..safety import load_config  # safe YAML; here to keep import order acyclic
-
         cfg = load_config(config_file)
     else:
         fits = matching_configs(arch)
@@ -79,15 +80,5 @@ def convert_checkpoint_file(
             "architecture": report.architecture.describe(),
         },
     }
-    out_dir = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".pth", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(payload, dst)
     return report

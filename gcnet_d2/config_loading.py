@@ -1,61 +1,28 @@
-"""Safe config loading and the error types gcnet_d2's entry points turn into one-line messages.
+"""Safe config loading: :func:`load_config` reads YAML configs without running code.
 
 Detectron2's ``CfgNode.merge_from_file`` defaults to ``allow_unsafe=True``: a YAML file whose
 plain ``yaml.safe_load`` fails on a Python tag (``!!python/object/apply:os.system`` ...) is read
 again with ``yaml.unsafe_load``, which runs the tagged call. :func:`load_config` reads the file
 and all its ``_BASE_`` files with ``yaml.safe_load`` only and refuses such a file with a
-:class:`ConfigError` naming the file, the tag and its line; Python (LazyConfig) files are
-refused too, since loading them executes them.
-
-``KNOWN_ERRORS`` lists the exception types whose message alone says what is wrong (config,
-checkpoint, dataset, output directory); ``train_net.py`` prints them as one line and exits 2.
+:class:`~gcnet_d2.errors.ConfigError` naming the file, the tag and its line; Python
+(LazyConfig) files are refused too, since loading them executes them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 
 import yaml
 from detectron2.config import CfgNode, get_cfg
 
-from .checkpoint.convert import CheckpointMismatchError
-from .checkpoint.safe_load import CheckpointLoadError
 from .config import add_gcnet_config
-from .data.robust import DatasetError
+from .errors import ConfigError
+from .modeling.backbone import validate_gcnet_config
+from .modeling.norm import resolve_norm
 
-__all__ = [
-    "KNOWN_ERRORS",
-    "ConfigError",
-    "OutputDirError",
-    "check_output_dir",
-    "load_config",
-    "one_line",
-    "quiet_known_errors",
-    "validate_config",
-]
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used: unsafe, malformed, unknown key, bad value."""
-
-
-class OutputDirError(OSError):
-    """``OUTPUT_DIR`` cannot be created or written."""
-
-
-#: Errors whose message names the file/key and the problem; entry points print just that.
-KNOWN_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    CheckpointLoadError,
-    CheckpointMismatchError,
-    DatasetError,
-    OutputDirError,
-)
+__all__ = ["load_config", "validate_config"]
 
 
 def _describe_yaml_error(path: str, e: yaml.YAMLError) -> str:
@@ -108,9 +75,6 @@ def _check_file(path: str) -> None:
 
 def validate_config(cfg: CfgNode) -> None:
     """Raise :class:`ConfigError` for gcnet_d2 backbone values the model builder would reject."""
-    from .modeling.backbone import validate_gcnet_config
-    from .modeling.norm import resolve_norm
-
     try:
         if str(cfg.MODEL.BACKBONE.NAME).startswith("build_gcnet_"):
             validate_gcnet_config(cfg)
@@ -163,48 +127,3 @@ def load_config(
 def _strip(e: BaseException) -> str:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return text.strip().strip("'\"") or type(e).__name__
-
-
-def check_output_dir(path: str) -> None:
-    """Create ``path`` if needed and prove it writable, else raise :class:`OutputDirError`."""
-    if not path:
-        raise OutputDirError("OUTPUT_DIR is empty; set it to a writable folder")
-    if "://" in path:  # remote stores: detectron2's PathManager decides
-        return
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write_test-", dir=path)
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(probe)
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise OutputDirError(f"OUTPUT_DIR {path}: not writable ({reason})") from None
-
-
-def one_line(e: BaseException) -> str:
-    """The message of ``e`` as one line, unwrapping errors re-raised by DataLoader workers."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        # torch's DataLoader re-raises worker errors as "Caught X in DataLoader worker ...
-        # Original Traceback ... module.X: message": keep the original message.
-        last = [ln for ln in text.splitlines() if ln.strip()][-1]
-        text = re.sub(r"^[\w.]+(Error|Exception):\s*", "", last.strip())
-    return " ".join(text.split())
-
-
-class _DropKnownErrorTracebacks(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, KNOWN_ERRORS)
-
-
-def quiet_known_errors() -> None:
-    """Keep detectron2's trainer from logging a traceback for errors the entry point explains.
-
-    ``TrainerBase.train`` logs every exception with its traceback before re-raising it; for
-    :data:`KNOWN_ERRORS` the entry point prints the message instead. Idempotent.
-    """
-    log = logging.getLogger("detectron2.engine.train_loop")
-    if not any(isinstance(f, _DropKnownErrorTracebacks) for f in log.filters):
-        log.addFilter(_DropKnownErrorTracebacks())

@@ -1,0 +1,16 @@
+"""``train``: the trainer settings read by ``lazy_train_net.py`` (detectron2's
+``tools/lazyconfig_train_net.py`` layout): 1x length, a checkpoint per epoch, one evaluation
+at the end. Without CUDA, ``lazy_train_net.py`` runs on the CPU."""
+
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",  # ImageNet init (torchvision ResNet-50, pytorch style); see README
+    max_iter=87948,
+    amp=dict(enabled=False),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=7329, max_to_keep=100),
+    eval_period=0,  # 0: evaluate once, at the end of training
+    log_period=20,
+    device="cuda",
+    seed=-1,
+)

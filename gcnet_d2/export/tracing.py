@@ -1,0 +1,142 @@
+"""Whole-detector TorchScript through detectron2's ``TracingAdapter`` (one image per call).
+
+The traced module takes one image tensor, C x H x W in ``cfg.INPUT.FORMAT`` channel order
+(uint8 or float, 0..255), already resized as the test pipeline resizes it; H and W are free
+(any size, not only the trace image's). It returns detectron2's flattened ``Instances``
+*before* the final resize, as a tuple in field-name order:
+``pred_boxes`` (N x 4, input-image pixels), ``pred_classes`` (N), ``pred_masks``
+(N x 1 x M x M RoI mask probabilities, Mask R-CNN only), ``scores`` (N), and the image size.
+:func:`outputs_to_instances` rebuilds the ``Instances``; detectron2's ``detector_postprocess``
+then rescales the boxes and pastes the masks at any output size.
+
+The saved file carries ``gcnet_d2_export.json`` (an extra file) naming the output fields and
+the input format, so :func:`load_traced` / :func:`run_traced` need nothing but the file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from detectron2.export import TracingAdapter
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.structures import Boxes, Instances
+from torch import nn
+
+from ..io import atomic_write_bytes
+from .errors import ExportRouteError
+
+META_FILE = "gcnet_d2_export.json"
+
+
+def detector_inference(model: GeneralizedRCNN, inputs: list[dict]) -> list[dict]:
+    """``TracingAdapter``'s inference function: detections before the final resize."""
+    return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+
+
+def check_traceable(model: nn.Module) -> None:
+    """Raise :class:`ExportRouteError` when ``model`` cannot be traced whole."""
+    if not isinstance(model, GeneralizedRCNN):
+        raise ExportRouteError(
+            f"whole-model tracing supports detectron2's GeneralizedRCNN (Mask / Cascade Mask "
+            f"R-CNN), got {type(model).__name__}"
+        )
+    if model.proposal_generator is None:
+        raise ExportRouteError("whole-model tracing needs the RPN (MODEL.PROPOSAL_GENERATOR)")
+
+
+def _python_ops(graph: torch._C.Graph) -> list[str]:
+    """Names of Python autograd Functions recorded in a trace (``prim::PythonOp``)."""
+    found = []
+    for node in graph.nodes():
+        if node.kind() == "prim::PythonOp":
+            found.append(node.pyname())
+        for block in node.blocks():
+            found.extend(_python_ops(block))
+    return found
+
+
+def trace_detector(model: GeneralizedRCNN, image: torch.Tensor) -> tuple[Any, TracingAdapter]:
+    """Trace ``model`` (put in eval mode) on one C x H x W ``image``.
+
+    Returns ``(traced module, adapter)``; ``adapter.outputs_schema`` turns the traced
+    module's outputs back into detectron2's structures. Works with grad mode on or off
+    (``TracingAdapter`` runs the model under ``no_grad``).
+    """
+    check_traceable(model)
+    if image.dim() != 3:
+        raise ValueError(f"trace image must be C x H x W, got shape {tuple(image.shape)}")
+    model.eval()
+    adapter = TracingAdapter(model, [{"image": image}], detector_inference)
+    traced = torch.jit.trace(adapter, (image,), check_trace=False)
+    python_ops = _python_ops(traced.inlined_graph)
+    if python_ops:
+        raise ExportRouteError(
+            "the trace recorded Python autograd Functions (prim::PythonOp: "
+            f"{sorted(set(python_ops))}), which torch.jit.save cannot store"
+        )
+    return traced, adapter
+
+
+def metadata(model: GeneralizedRCNN, input_format: str) -> dict:
+    """What :func:`run_traced` needs to read the outputs: field names and input format."""
+    # TracingAdapter flattens Instances fields in sorted name order, then the image size.
+    names = ["pred_boxes", "pred_classes", "scores"]
+    if getattr(model.roi_heads, "mask_on", False):
+        names.append("pred_masks")
+    return {
+        "format": "gcnet_d2 traced detector v1",
+        "input": f"one C x H x W image, {input_format}, 0..255, resized as the test pipeline",
+        "input_format": input_format,
+        "outputs": [*sorted(names), "image_size"],
+    }
+
+
+def traced_bytes(traced: Any, model: GeneralizedRCNN, input_format: str) -> bytes:
+    """The ``torch.jit.save`` file of ``traced``, with :func:`metadata` as an extra file."""
+    buffer = io.BytesIO()
+    meta = json.dumps(metadata(model, input_format))
+    torch.jit.save(traced, buffer, _extra_files={META_FILE: meta})
+    return buffer.getvalue()
+
+
+def save_traced(traced: Any, path: str, model: GeneralizedRCNN, input_format: str) -> None:
+    """Write :func:`traced_bytes` to ``path`` atomically."""
+    atomic_write_bytes(path, traced_bytes(traced, model, input_format))
+
+
+def load_traced(path: str | io.BytesIO, device: str | torch.device = "cpu") -> tuple[Any, dict]:
+    """``(module, metadata)`` of a file (or buffer) written by :func:`save_traced`."""
+    extra = {META_FILE: ""}
+    module = torch.jit.load(path, map_location=device, _extra_files=extra)
+    if not extra[META_FILE]:
+        raise ValueError(f"{path}: not a gcnet_d2 traced detector (no {META_FILE} inside)")
+    return module, json.loads(extra[META_FILE])
+
+
+def outputs_to_instances(outputs: Sequence[torch.Tensor], field_names: Sequence[str]) -> Instances:
+    """Rebuild ``Instances`` from a traced detector's output tuple and its field names."""
+    if len(outputs) != len(field_names):
+        raise ValueError(
+            f"expected {len(field_names)} outputs {list(field_names)}, got {len(outputs)}"
+        )
+    named = dict(zip(field_names, outputs, strict=True))
+    size = named.pop("image_size")
+    inst = Instances((int(size[0]), int(size[1])))
+    for name, value in named.items():
+        inst.set(name, Boxes(value) if name == "pred_boxes" else value)
+    return inst
+
+
+def run_traced(module: Any, meta: dict, image: torch.Tensor) -> Instances:
+    """Detections of a loaded traced detector on one C x H x W image (before the resize)."""
+    return outputs_to_instances(module(image), meta["outputs"])
+
+
+def eager_detections(model: GeneralizedRCNN, image: torch.Tensor) -> Instances:
+    """The eager model's detections on ``image``, in the traced module's form."""
+    with torch.no_grad():
+        return detector_inference(model.eval(), [{"image": image}])[0]["instances"]

@@ -1,0 +1,44 @@
+"""mmdetection 3.3's initialisation of the layers trained from scratch (``HEAD_INIT: mmdet``).
+
+Read off mmdetection's models built from its own configs (``init_cfg`` and the modules'
+``init_weights``), layer by layer against Detectron2's:
+
+- FPN lateral and output convs: ``xavier_uniform`` (gain 1), bias 0. Detectron2's
+  ``c2_xavier_fill`` (bound sqrt(3 / fan_in)) is the same only for square convs;
+- box head FCs (``shared_fcs``): ``xavier_uniform``, bias 0 (fc6 bound ~0.021 vs ~0.015);
+- mask logits conv: ``kaiming_normal`` (fan_out, relu), bias 0 (Detectron2: normal(0.001)).
+
+Equal already, so untouched: RPN convs (normal 0.01), box classifier / regressor (normal
+0.01 / 0.001), mask convs and deconv (kaiming_normal fan_out = ``c2_msra_fill``).
+"""
+
+from __future__ import annotations
+
+from detectron2.modeling.backbone import FPN
+from torch import nn
+
+
+def _xavier_uniform_(layer: nn.Module) -> None:
+    nn.init.xavier_uniform_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def init_fpn_like_mmdet(fpn: FPN) -> None:
+    """xavier_uniform on every lateral and output conv of ``fpn``."""
+    for conv in [*fpn.lateral_convs, *fpn.output_convs]:
+        _xavier_uniform_(conv)
+
+
+def init_box_head_like_mmdet(box_head: nn.Module) -> None:
+    """xavier_uniform on the FCs of a ``FastRCNNConvFCHead`` (its convs already match)."""
+    for fc in getattr(box_head, "fcs", []):
+        _xavier_uniform_(fc)
+
+
+def init_mask_head_like_mmdet(mask_head: nn.Module) -> None:
+    """kaiming_normal (fan_out, relu) on the mask predictor of a ``MaskRCNNConvUpsampleHead``."""
+    predictor = mask_head.predictor
+    nn.init.kaiming_normal_(predictor.weight, mode="fan_out", nonlinearity="relu")
+    if predictor.bias is not None:
+        nn.init.zeros_(predictor.bias)

@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Train or evaluate gcnet_d2 models from a LazyConfig (Python) config, as detectron2's
+``tools/lazyconfig_train_net.py`` does for its own.
+
+    python lazy_train_net.py --config-file configs/gcnet/<row>.py --num-gpus 8
+    python lazy_train_net.py --config-file configs/gcnet/<row>.py --eval-only \
+        train.init_checkpoint=<file>
+    python lazy_train_net.py --config-file configs/gcnet/<row>.py train.max_iter=100 \
+        dataloader.train.total_batch_size=8
+
+Trailing ``key=value`` arguments override the config. Without CUDA the model runs on the CPU
+(``train.device`` becomes ``cpu``). Checkpoints load through :class:`GCNetCheckpointer`, so
+``train.init_checkpoint`` may be a released mmdetection checkpoint. Final metrics go to
+``train.output_dir/final_results.json``.
+
+A LazyConfig is Python and runs when loaded: use only config files you trust. ``train_net.py``
+reads YAML configs, without running code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import OrderedDict
+
+import detectron2.utils.comm as comm
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from omegaconf import DictConfig
+from torch import nn
+
+import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datasets)
+from gcnet_d2.checkpoint import GCNetCheckpointer
+from gcnet_d2.data import ensure_synthetic_generated
+from gcnet_d2.engine import create_ddp_model, write_results
+
+logger = logging.getLogger("gcnet_d2")
+
+
+def setup(args: argparse.Namespace) -> DictConfig:
+    """The LazyConfig with the command-line overrides; the CPU when CUDA is absent."""
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    if not torch.cuda.is_available() and str(cfg.train.device).startswith("cuda"):
+        cfg.train.device = "cpu"
+    default_setup(cfg, args)
+    return cfg
+
+
+def _ensure_datasets(cfg: DictConfig) -> None:
+    """Generate the synthetic dataset on first use when a loader names it."""
+    for loader in ("train", "test"):
+        names = cfg.dataloader[loader].dataset.names if loader in cfg.dataloader else ()
+        for name in [names] if isinstance(names, str) else names:
+            if str(name).startswith("gcnet_synthetic"):
+                ensure_synthetic_generated(name)
+
+
+def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict:
+    """COCO-evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``."""
+    if "evaluator" not in cfg.dataloader:
+        return OrderedDict()
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    if comm.is_main_process():
+        print_csv_format(results)
+    return OrderedDict(results or {})
+
+
+def do_train(args: argparse.Namespace, cfg: DictConfig) -> OrderedDict:
+    """Train ``model`` with ``optimizer`` and ``lr_multiplier`` for ``train.max_iter``
+    iterations, checkpointing and evaluating as ``train`` says; returns the last evaluation."""
+    model = instantiate(cfg.model).to(cfg.train.device)
+    logger.info("Model:\n%s", model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer_class = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
+    trainer = trainer_class(model, train_loader, optimizer)
+    checkpointer = GCNetCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    last_eval: dict = {}
+
+    def evaluate() -> OrderedDict:
+        last_eval["results"] = do_test(cfg, model)
+        return last_eval["results"]
+
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return last_eval.get("results", OrderedDict())
+
+
+def main(args: argparse.Namespace) -> OrderedDict:
+    cfg = setup(args)
+    _ensure_datasets(cfg)
+    if args.eval_only:
+        model = instantiate(cfg.model).to(cfg.train.device)
+        model = create_ddp_model(model)
+        GCNetCheckpointer(model).load(cfg.train.init_checkpoint)
+        results = do_test(cfg, model)
+    else:
+        results = do_train(args, cfg)
+    if comm.is_main_process() and results:
+        write_results(cfg.train.output_dir, results)
+    return results
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = default_argument_parser().parse_args(argv)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])
