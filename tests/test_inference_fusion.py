@@ -18,7 +18,7 @@ from gcnet_d2.modeling.inference_fusion import (
     disable_norm_folding,
     enable_norm_folding,
 )
-from tests.conftest import randomize
+from tests.helpers import randomize
 
 CONFIG = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
 
@@ -92,11 +92,30 @@ def test_training_and_grad_mode_use_the_plain_path(monkeypatch):
     assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
 
 
-def test_tracing_sees_the_plain_conv_and_norm():
+def test_trace_computes_the_fold_from_the_parameters():
+    """A trace records the fold itself: no norm left, the same bits as eager inference, and
+    still tied to the parameters (a new norm value changes the traced output)."""
     net = backbone()
+    x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        traced = torch.jit.trace(net.stem, torch.randn(1, 3, 32, 32))
-    assert "batch_norm" in str(traced.inlined_graph)
+        eager = net.stem(x)
+        traced = torch.jit.trace(net.stem, x)
+        assert "batch_norm" not in str(traced.inlined_graph)
+        assert torch.equal(traced(x), eager)
+        net.stem.conv1.norm.weight.mul_(2.0)
+        assert not torch.equal(traced(x), eager)
+
+
+def test_eval_with_grad_folds_in_graph_and_differentiates():
+    net = backbone()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = net.res3(net.res2(net.stem(x)))
+    got = net.res3(net.res2(net.stem(x)))
+    assert torch.equal(got, want)
+    got.sum().backward()
+    norm = net.res3[0].conv1.norm  # the stem and res2 are frozen (FREEZE_AT)
+    assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
 
 
 def test_enable_is_idempotent_and_reversible():

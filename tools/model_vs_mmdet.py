@@ -40,61 +40,29 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# mmdetection config file, gcnet_d2 config, per kind.
+# tests/mmdet_reference.py kind (mmdetection's own config file), gcnet_d2 config, per kind.
 KINDS = {
-    "r50": (
-        "gcnet/mask-rcnn_r50-gcb-r16-c3-c5_fpn_1x_coco.py",
-        "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml",
-    ),
+    "r50": ("mask_rcnn_r50_gc_r16", "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"),
     "x101-cascade": (
-        "gcnet/cascade-mask-rcnn_x101-32x4d-syncbn-r16-gcb-c3-c5_fpn_1x_coco.py",
-        "gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco.yaml",
+        "cascade_mask_rcnn_x101_gc_r4",
+        "gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco.yaml",
     ),
 }
+TITLES = {"r50": "GC r16 Mask R-CNN R-50-FPN", "x101-cascade": "GC r4 Cascade Mask R-CNN X-101"}
 PARTS = ("bottom-up", "FPN", "RPN", "RoI heads", "post-processing", "total", "cpu")
 
 
-def mmdet_config_path(rel: str) -> Path:
-    import mmdet
-
-    path = Path(mmdet.__file__).parent / ".mim" / "configs" / rel
-    if not path.is_file():
-        raise FileNotFoundError(f"mmdetection config file not found: {path}")
-    return path
-
-
-def build_mmdet_from_file(rel: str, seed: int = 0) -> nn.Module:
-    """mmdetection's detector from its own config file, seeded realistic weights, eval mode."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-
+def build_mmdet_from_file(kind: str, seed: int = 0) -> nn.Module:
+    """mmdetection's detector built from its own config file (80 classes) by
+    ``tests/mmdet_reference.build_mmdet_model``: seeded realistic weights, eval mode; then
+    peaked class scores."""
     from tests import mmdet_reference as ref
 
     if not ref.mmdet_available():
         raise RuntimeError(ref.mmdet_unavailable_reason())
-    register_all_modules(init_default_scope=True)
-    cfg = Config.fromfile(str(mmdet_config_path(rel)))
-    model_cfg = cfg.model
-    # SyncBN needs a process group; at inference it is the same affine as BN in eval mode.
-    _replace_syncbn(model_cfg)
-    torch.manual_seed(seed)
-    model = MODELS.build(model_cfg)
-    model.gcnet_d2_cfg = model_cfg.to_dict()
-    ref.randomize_weights_(model, seed=seed)
+    model = ref.build_mmdet_model(kind, num_classes=80, seed=seed)
     peaked_mmdet_scores(model)
     return model.eval()
-
-
-def _replace_syncbn(node: object) -> None:
-    if isinstance(node, dict):
-        if node.get("type") == "SyncBN":
-            node["type"] = "BN"
-        for v in node.values():
-            _replace_syncbn(v)
-    elif isinstance(node, list | tuple):
-        for v in node:
-            _replace_syncbn(v)
 
 
 @torch.no_grad()
@@ -102,7 +70,7 @@ def peaked_mmdet_scores(model: nn.Module) -> None:
     """Class logits like a trained detector's (a few confident classes per box), every stage.
 
     mmdetection's background is the last class too: the same per-class bias (std 3,
-    background -4) as ``tools/benchmark.py``'s ``peaked_class_scores``.
+    background -4) as the benchmark's ``peaked_class_scores``.
     """
     heads = model.roi_head.bbox_head
     heads = heads if isinstance(heads, nn.ModuleList) else [heads]
@@ -131,8 +99,8 @@ def build_ours_from_mmdet(mm: nn.Module, d2_config: str, path: str) -> nn.Module
 
 def build_pair(kind: str, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """``(ours, mmdet)`` detectors of ``kind`` (a key of :data:`KINDS`), the same weights."""
-    mm_rel, d2_cfg = KINDS[kind]
-    mm = build_mmdet_from_file(mm_rel, seed)
+    mm_kind, d2_cfg = KINDS[kind]
+    mm = build_mmdet_from_file(mm_kind, seed)
     with tempfile.TemporaryDirectory() as tmp:
         ours = build_ours_from_mmdet(mm, d2_cfg, str(Path(tmp) / "model.pth"))
     return ours, mm
@@ -376,6 +344,70 @@ def format_table(res: dict, title: str) -> str:
                 f"{res['variants'][n]['cpu_ratio']['ci95'][1]:.3f}]"
             )
     return "\n".join(lines)
+
+
+def section_mmdet(s, timer) -> list[dict]:  # noqa: ANN001  (Settings, Timer)
+    """``tools/benchmark.py --sections mmdet``: ours vs mmdetection, whole detector, by part.
+
+    Interleaved rounds (``compare``); rows in the benchmark's format (base: mmdetection),
+    with the per-part medians, the detection counts (asserted equal) and the peak live tensor
+    bytes of one inference of each.
+    """
+    from gcnet_d2.benchmark.memory import measure_peak_memory
+    from gcnet_d2.benchmark.report import make_row, print_row
+    from gcnet_d2.benchmark.timing import Result
+    from tests import mmdet_reference as ref
+
+    if not ref.mmdet_available():
+        print(f"mmdet section skipped: {ref.mmdet_unavailable_reason()}")
+        return []
+    if s.device.type != "cpu":
+        print("mmdet section: CPU only (mmcv._ext is served by torchvision's CPU kernels here)")
+        return []
+    rows = []
+    img = test_image(s.image)
+    # --backbones picks the detectors: r50 -> GC r16 Mask R-CNN, x101 -> GC r4 Cascade.
+    kinds = [k for k, b in (("r50", "r50"), ("x101-cascade", "x101")) if b in s.backbones]
+    for kind in kinds:
+        ours, mm = build_pair(kind, s.seed)
+        n_ours, n_mm = len(run_ours(ours, img)[1]), len(run_mmdet(mm, img)[1].scores)
+        if n_ours != n_mm:
+            raise AssertionError(f"{kind}: detection counts differ: ours {n_ours}, mmdet {n_mm}")
+        runners = {"ours": partial(run_ours, ours, img), "mmdet": partial(run_mmdet, mm, img)}
+        res = compare(runners, base="mmdet", rounds=s.rounds(7 if kind == "r50" else 5, 1))
+        results = {}
+        for name, entry in res["variants"].items():
+            r = Result(name, times=entry["parts"]["total"]["all"])
+            r.cpu_times = entry["parts"]["cpu"]["all"]
+            if "ratio" in entry:
+                r.ratios = entry["ratio"]["all"]
+                base = res["variants"]["mmdet"]["parts"]["cpu"]["all"]
+                r.cpu_ratios = [a / b for a, b in zip(r.cpu_times, base, strict=True)]
+            results[name] = r
+        memory = {}
+        for name, fn in runners.items():
+            with torch.inference_mode():
+                memory[name] = measure_peak_memory(fn, s.device, rss=False)
+        parts = {
+            n: {p: e["parts"][p]["median"] for p in PARTS if p not in ("total", "cpu")}
+            for n, e in res["variants"].items()
+        }
+        h, w = s.image
+        row = make_row(
+            f"{TITLES[kind]} inference {h}x{w}, vs mmdetection",
+            "",
+            1,
+            results,
+            "mmdet",
+            detections={"ours": n_ours, "mmdet": n_mm},
+            parts=parts,
+            memory=memory,
+        )
+        print_row(row)
+        print(format_table(res, f"{kind} {h}x{w}"))
+        rows.append(row)
+        del ours, mm
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,12 +9,15 @@ measured by ``tools/model_vs_mmdet.py``).
 
 :func:`enable_norm_folding` marks detectron2 ``Conv2d`` modules (by switching their class to
 :class:`NormFoldingConv2d`, a subclass with no parameter of its own): nothing about the
-module's parameters, buffers or state-dict keys changes, and training is untouched. The fold
-applies only when it is the same function with nothing to differentiate: no gradient is
-being recorded, the norm is a fixed affine in the current mode, and the model is neither
-traced, scripted, compiled nor exported (those see the plain conv + norm, which they
-optimise or serialise themselves). The folded weight and bias are cached and recomputed when
-any of the tensors they come from changes (new values, dtype or device).
+module's parameters, buffers or state-dict keys changes. The fold applies in eval mode where
+the norm is a fixed affine; training runs conv + norm as before. Where nothing is
+differentiated and nothing records the graph, the folded weight and bias are cached (and
+recomputed when any tensor they come from changes: values, dtype or device). Otherwise
+(a gradient is recorded, or the model is traced, compiled or exported) the fold is computed
+from the parameters inside the graph with the same operations: a trace, an exported program
+or a compiled graph stays tied to the parameters, differentiable, free of data-dependent
+branches, and computes bit for bit the weights eager inference uses, so its outputs match
+eager's exactly.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from torch import nn
 from .norm import frozen_affine, has_frozen_affine
 
 
-def _plain_path_required() -> bool:
-    """Whether a tracer, scripter, compiler or exporter is looking (they get the plain path)."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+def _graph_is_recorded() -> bool:
+    """Whether a tracer, compiler or exporter is recording (the fold then goes in the graph)."""
+    if torch.jit.is_tracing():
         return True
     compiler = getattr(torch, "compiler", None)
     if compiler is not None:
@@ -56,15 +59,21 @@ class NormFoldingConv2d(Conv2d):
     def can_fold(self, x: torch.Tensor) -> bool:
         return (
             self.norm is not None
-            and not torch.is_grad_enabled()
             and not self.training
             and has_frozen_affine(self.norm, self.training)
             and x.dtype == self.weight.dtype
-            and not _plain_path_required()
+            and not torch.jit.is_scripting()
         )
 
-    def folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W * s, b * s + t)`` for this conv and its norm's affine ``(s, t)``, cached."""
+    def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W * s, b * s + t)`` for this conv and its norm's affine ``(s, t)``."""
+        scale, shift = frozen_affine(self.norm)
+        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        bias = shift if self.bias is None else torch.addcmul(shift, self.bias, scale)
+        return weight, bias
+
+    def cached_fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`fold`, computed once per version of the tensors it comes from."""
         norm = self.norm
         key = tuple(
             _tensor_key(t)
@@ -76,19 +85,17 @@ class NormFoldingConv2d(Conv2d):
             return cache[1], cache[2]
         # Plain tensors even under inference_mode, so the cache can serve any later caller.
         with torch.inference_mode(False), torch.no_grad():
-            scale, shift = frozen_affine(norm)
-            weight = self.weight * scale.reshape(-1, 1, 1, 1)
-            bias = shift if self.bias is None else torch.addcmul(shift, self.bias, scale)
-            # conv2d picks its kernel by the weight's layout: keep the original's.
-            if self.weight.is_contiguous(memory_format=torch.channels_last):
-                weight = weight.contiguous(memory_format=torch.channels_last)
+            weight, bias = self.fold()
         self.__dict__["_folded"] = (key, weight, bias)
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.can_fold(x):
             return super().forward(x)
-        weight, bias = self.folded_weight_and_bias()
+        if torch.is_grad_enabled() or _graph_is_recorded():
+            weight, bias = self.fold()
+        else:
+            weight, bias = self.cached_fold()
         x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         if self.activation is not None:
             x = self.activation(x)
