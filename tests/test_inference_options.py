@@ -8,7 +8,7 @@ from detectron2.layers import ShapeSpec
 
 import gcnet_d2
 from gcnet_d2.modeling import build_gcnet_resnet_backbone, build_gcnet_resnet_fpn_backbone
-from tests.conftest import randomize
+from tests.helpers import randomize
 
 CONFIG = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
 
