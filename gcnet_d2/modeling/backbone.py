@@ -32,6 +32,7 @@ from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .context_block import validate_context_args
+from .inference_fusion import enable_norm_folding
 from .inference_options import apply_inference_options
 from .init import init_fpn_like_mmdet
 from .norm import resolve_norm
@@ -68,6 +69,7 @@ def make_gcnet_stem(
     in_channels: int = 3,
     out_channels: int = 64,
     device: str | None = None,
+    fold_norms: bool = True,
 ) -> BasicStem:
     """detectron2's ``BasicStem`` (7x7 conv, norm, ReLU, 3x3 max-pool) with a gcnet_d2 norm.
 
@@ -79,8 +81,11 @@ def make_gcnet_stem(
         out_channels: stem width (64 for every ResNet / ResNeXt of the GCNet table).
         device: where the model will run; ``"SyncBN"`` becomes detectron2's gloo-capable
             ``"naiveSyncBN"`` off CUDA. ``None``: CUDA when available, else the CPU.
+        fold_norms: fold frozen norms into their convs at inference (``MODEL.GCNET.FOLD_NORMS``,
+            :mod:`gcnet_d2.modeling.inference_fusion`; same function, state dict unchanged).
     """
-    return BasicStem(in_channels, out_channels, norm=_resolve_norm_arg(norm, device))
+    stem = BasicStem(in_channels, out_channels, norm=_resolve_norm_arg(norm, device))
+    return enable_norm_folding(stem) if fold_norms else stem
 
 
 def make_gcnet_stages(
@@ -100,6 +105,7 @@ def make_gcnet_stages(
     in_channels: int = 64,
     out_channels: int = 256,
     device: str | None = None,
+    fold_norms: bool = True,
 ) -> list[list[CNNBlockBase]]:
     """The four stages (res2..res5) of a bottleneck ResNet / ResNeXt with GC blocks and DCN.
 
@@ -131,6 +137,7 @@ def make_gcnet_stages(
         in_channels: the stem's output width.
         out_channels: res2's output width (doubled at every later stage).
         device: as in :func:`make_gcnet_stem`.
+        fold_norms: as in :func:`make_gcnet_stem`.
 
     Raises:
         ValueError: naming the argument, for a depth, norm or GC / DCN option it cannot build.
@@ -187,6 +194,9 @@ def make_gcnet_stages(
         in_channels = out_channels
         out_channels *= 2
         bottleneck_channels *= 2
+    if fold_norms:
+        for block in (b for stage in stages for b in stage):
+            enable_norm_folding(block)
     return stages
 
 
@@ -233,7 +243,10 @@ def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     norm = resolve_norm(res.NORM, cfg.MODEL.DEVICE)
     # Stem first: modules draw their initial weights in construction order.
     stem = make_gcnet_stem(
-        norm, in_channels=input_shape.channels, out_channels=res.STEM_OUT_CHANNELS
+        norm,
+        in_channels=input_shape.channels,
+        out_channels=res.STEM_OUT_CHANNELS,
+        fold_norms=gc.FOLD_NORMS,
     )
     stages = make_gcnet_stages(
         res.DEPTH,
@@ -250,6 +263,7 @@ def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
         deform_num_groups=res.DEFORM_NUM_GROUPS,
         in_channels=res.STEM_OUT_CHANNELS,
         out_channels=res.RES2_OUT_CHANNELS,
+        fold_norms=gc.FOLD_NORMS,
     )
     return ResNet(
         stem, stages, out_features=res.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
