@@ -27,6 +27,9 @@ FAMILIES = {
 }
 
 
+FPN_OUTPUT_SCALE = 0.1
+
+
 def tiny_cfg(name: str) -> CfgNode:
     """The row's config with few channels (architecture, GC/DCN placement and heads kept)."""
     cfg = gcnet_d2.get_config(name)
@@ -69,6 +72,9 @@ def realistic_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 normal(module.running_mean, 0.1)
                 normal(module.weight, 0.1, 1.0)
                 normal(module.bias, 0.1)
+        for name, module in model.backbone.named_children():
+            if name.startswith("fpn_output"):  # features of unit scale, as trained FPNs give
+                module.weight.mul_(FPN_OUTPUT_SCALE)
         for predictor in _box_predictors(model):
             normal(predictor.cls_score.weight, 0.3)
             bias = predictor.cls_score.bias

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -50,16 +52,19 @@ def tiny_files(tmp_path_factory):
     return folder, images
 
 
-def test_backbone_to_onnx_through_the_tool(tiny_files, tmp_path):
-    pytest.importorskip("onnxruntime")
+def test_backbone_to_pt2_through_the_tool(tiny_files, tmp_path):
+    """The backbone route of the tool (ONNX itself: tests/test_export.py), DCN + GC cascade."""
     folder, images = tiny_files
-    args = [TOOL, "--config-file", str(folder / "tiny.yaml"), "--export-method", "tracing"]
-    args += ["--format", "onnx", "--part", "backbone", "--output", str(tmp_path)]
-    args += ["--sample-image", images[0], "MODEL.WEIGHTS", str(folder / "tiny.pth")]
+    args = [TOOL, "--config-file", str(folder / "tiny.yaml"), "--export-method", "torch_export"]
+    args += ["--format", "pt2", "--part", "backbone", "--output", str(tmp_path)]
+    args += ["--sample-image", images[0], "--sample-image", images[1]]
+    args += ["MODEL.WEIGHTS", str(folder / "tiny.pth")]
     proc = run(args, _env(), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "max relative difference" in proc.stdout and "sample 0 padded" in proc.stdout
-    assert (tmp_path / "model.onnx").is_file()
+    assert proc.stdout.count("max relative difference") == 3, proc.stdout  # 2 + padded
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    x = torch.randn(1, 3, 96, 224)  # a size no sample had
+    assert len(program.module()(x)) == 5
 
 
 @pytest.mark.skipif(not ref.mmdet_available(), reason=ref.mmdet_unavailable_reason())
@@ -121,6 +126,7 @@ def test_documented_commands_parse_and_take_a_route():
 
     spec = importlib.util.spec_from_file_location("export_model", TOOL)
     tool = importlib.util.module_from_spec(spec)
+    sys.modules["export_model"] = tool  # its dataclass looks its module up
     spec.loader.exec_module(tool)
     commands = documented_commands("tools/export_model.py")
     assert len(commands) >= 6  # three routes, in README.md and docs/deploy.md
@@ -128,3 +134,39 @@ def test_documented_commands_parse_and_take_a_route():
         parsed = tool.parse_args(args)
         assert (REPO / parsed.config_file).is_file(), parsed.config_file
         check_route(parsed.export_method, parsed.format, parsed.part, parsed.opset)
+
+
+def test_lazyconfig_file_is_accepted(tmp_path):
+    """A shipped LazyConfig ``.py`` row, with ``key=value`` overrides (small test resize)."""
+    row = str(REPO / "configs" / "gcnet" / "mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco.py")
+    image = _write_image(tmp_path / "img.png", 90, 120, 0)
+    resize = "dataloader.test.mapper.augmentations.0"
+    args = [TOOL, "--config-file", row, "--sample-image", image]
+    args += ["--output", str(tmp_path / "out"), "train.device=cpu"]
+    args += [f"{resize}.short_edge_length=[96]", f"{resize}.max_size=128"]
+    proc = run(args, _env(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sample 0 (96x128)" in proc.stdout, proc.stdout
+    assert (tmp_path / "out" / "model.ts").is_file()
+
+
+def test_backbone_from_a_lazyconfig(tmp_path):
+    """A LazyConfig row (.py) with key=value overrides; weights from train.init_checkpoint."""
+    from detectron2.config import instantiate
+
+    import gcnet_d2
+
+    lazy = gcnet_d2.get_config("gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.py")
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(lazy.model).state_dict()}, tmp_path / "w.pth")
+    image = _write_image(tmp_path / "img.png", 100, 140, 0)
+    args = [TOOL, "--config-file", "configs/gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.py"]
+    args += ["--export-method", "tracing", "--format", "torchscript", "--part", "backbone"]
+    args += ["--output", str(tmp_path / "out"), "--sample-image", image]
+    args += [f"train.init_checkpoint={tmp_path / 'w.pth'}"]
+    args += ["dataloader.test.mapper.augmentations.0.short_edge_length=[96]"]
+    args += ["dataloader.test.mapper.augmentations.0.max_size=128"]
+    proc = run(args, _env(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "initial weights" not in proc.stdout
+    assert any((tmp_path / "out").iterdir())

@@ -7,7 +7,9 @@
 
 Routes: ``tracing``/``torchscript`` (whole detector, or ``--part backbone``); ``--part
 backbone`` with ``--format onnx`` (dynamo exporter, opset >= 19, dynamic H and W) or
-``--export-method torch_export --format pt2``. ``MODEL.WEIGHTS`` takes whatever
+``--export-method torch_export --format pt2``. ``--config-file`` is a YAML config (with
+``KEY VALUE`` overrides) or a LazyConfig ``.py`` (``key=value`` overrides, weights from
+``train.init_checkpoint``; it runs when loaded, so trusted files only). The weights take whatever
 ``GCNetCheckpointer`` takes (detectron2 files, mmdetection detector checkpoints, converted on
 load). The sample image(s) are resized as the test loader resizes; the exported model is
 reloaded and compared with the eager one on each (largest differences of boxes, scores, masks
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 import torch
 from detectron2.data.detection_utils import read_image
@@ -30,7 +33,7 @@ import gcnet_d2  # noqa: F401  (registers the backbones)
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.config_loading import load_config
 from gcnet_d2.data.transforms import build_gcnet_augmentations
-from gcnet_d2.errors import KNOWN_ERRORS, one_line
+from gcnet_d2.errors import KNOWN_ERRORS, ConfigError, one_line
 from gcnet_d2.export import routes
 from gcnet_d2.export.errors import ExportRouteError
 
@@ -55,41 +58,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--allow-mismatch", action="store_true", help="write even if outputs differ from eager"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides: KEY VALUE pairs (YAML) or key=value (LazyConfig .py)",
+    )
     return parser.parse_args(argv)
 
 
-def load_image(path: str, cfg) -> torch.Tensor:  # noqa: ANN001 - a detectron2 CfgNode
-    """``path`` read in ``cfg.INPUT.FORMAT``, resized as the test loader does, C x H x W."""
+@dataclass
+class Setup:
+    """What the export needs from a config: the model (weights loaded), its input format,
+    the test loader's resize and the device."""
+
+    model: torch.nn.Module
+    input_format: str
+    resize: object  # a detectron2 Augmentation
+    device: str
+
+
+def _device(device: str) -> str:
+    return "cpu" if device.startswith("cuda") and not torch.cuda.is_available() else device
+
+
+def _load_weights(model: torch.nn.Module, weights: str) -> None:
+    if weights:
+        GCNetCheckpointer(model).load(weights)
+    else:
+        print("export_model.py: warning: no weights given, exporting initial weights")
+
+
+def setup_yaml(config_file: str, opts: list[str]) -> Setup:
+    """A YAML config (read safely) with ``KEY VALUE`` overrides; ``MODEL.WEIGHTS``."""
+    cfg = load_config(config_file, opts)
+    cfg.MODEL.DEVICE = _device(cfg.MODEL.DEVICE)
+    model = build_model(cfg)
+    _load_weights(model, cfg.MODEL.WEIGHTS)
+    (resize,) = build_gcnet_augmentations(cfg, is_train=False)
+    return Setup(model, cfg.INPUT.FORMAT, resize, cfg.MODEL.DEVICE)
+
+
+def setup_lazy(config_file: str, opts: list[str]) -> Setup:
+    """A LazyConfig ``.py`` (it runs when loaded: trusted files only) with ``key=value``
+    overrides; weights from ``train.init_checkpoint``."""
+    from detectron2.config import LazyConfig, instantiate
+
     try:
-        image = read_image(path, format=cfg.INPUT.FORMAT)
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), opts)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config {config_file}: no such file") from e
+    except (KeyError, ValueError, AttributeError, SyntaxError) as e:
+        raise ConfigError(f"config {config_file} with overrides {opts}: {e}") from e
+    device = _device(str(cfg.train.get("device", "cpu")))
+    model = instantiate(cfg.model).to(device)
+    _load_weights(model, cfg.train.get("init_checkpoint", ""))
+    mapper = cfg.dataloader.test.mapper
+    (resize,) = instantiate(mapper.augmentations)
+    return Setup(model, str(mapper.image_format), resize, device)
+
+
+def load_image(path: str, setup: Setup) -> torch.Tensor:
+    """``path`` read in the model's input format, resized as the test loader does, C x H x W."""
+    try:
+        image = read_image(path, format=setup.input_format)
     except (OSError, ValueError) as e:
         raise ExportRouteError(f"sample image {path}: cannot be read ({e})") from None
-    (resize,) = build_gcnet_augmentations(cfg, is_train=False)
-    image = resize.get_transform(image).apply_image(image)
-    return torch.as_tensor(image.transpose(2, 0, 1).copy())
+    image = setup.resize.get_transform(image).apply_image(image)
+    return torch.as_tensor(image.transpose(2, 0, 1).copy()).to(setup.device)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     routes.check_route(args.export_method, args.format, args.part, args.opset)  # before slow work
-    cfg = load_config(args.config_file, args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        GCNetCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    else:
-        print("export_model.py: warning: MODEL.WEIGHTS is empty, exporting initial weights")
-    images = [load_image(p, cfg).to(cfg.MODEL.DEVICE) for p in args.sample_image]
+    is_lazy = args.config_file.endswith(".py")
+    setup = (setup_lazy if is_lazy else setup_yaml)(args.config_file, args.opts)
+    images = [load_image(p, setup) for p in args.sample_image]
     result = routes.run_route(
-        model,
+        setup.model,
         args.export_method,
         args.format,
         args.part,
         images,
         args.output,
-        input_format=cfg.INPUT.FORMAT,
+        input_format=setup.input_format,
         opset=args.opset,
         allow_mismatch=args.allow_mismatch,
     )
