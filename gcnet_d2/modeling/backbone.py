@@ -32,6 +32,7 @@ from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .context_block import validate_context_args
+from .inference_fusion import enable_norm_folding
 from .inference_options import apply_inference_options
 from .init import init_fpn_like_mmdet
 from .norm import resolve_norm
@@ -80,7 +81,8 @@ def make_gcnet_stem(
         device: where the model will run; ``"SyncBN"`` becomes detectron2's gloo-capable
             ``"naiveSyncBN"`` off CUDA. ``None``: CUDA when available, else the CPU.
     """
-    return BasicStem(in_channels, out_channels, norm=_resolve_norm_arg(norm, device))
+    stem = BasicStem(in_channels, out_channels, norm=_resolve_norm_arg(norm, device))
+    return enable_norm_folding(stem)  # inference folds the frozen norm (inference_fusion)
 
 
 def make_gcnet_stages(
@@ -187,6 +189,9 @@ def make_gcnet_stages(
         in_channels = out_channels
         out_channels *= 2
         bottleneck_channels *= 2
+    for stage in stages:  # inference folds frozen norms into their convs (inference_fusion)
+        for block in stage:
+            enable_norm_folding(block)
     return stages
 
 
