@@ -20,6 +20,7 @@ reads YAML configs, without running code.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from collections import OrderedDict
@@ -37,20 +38,50 @@ from detectron2.engine import (
     launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datasets)
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.data import ensure_synthetic_generated
 from gcnet_d2.engine import create_ddp_model, write_results
+from gcnet_d2.modeling.init import init_like_mmdet
 
 logger = logging.getLogger("gcnet_d2")
 
 
+EXIT_BAD_OVERRIDE = 2
+_ABSENT = object()
+
+
+def check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """Raise ``KeyError`` for an override of a key the config lacks, with the close names.
+
+    detectron2 would add such a key silently (``train.max_itr=2`` would train for
+    ``train.max_iter``). A new key under a ``LazyCall`` node is an argument, which
+    ``instantiate`` checks against the callable's signature, so it is allowed.
+    """
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if isinstance(parent, DictConfig) and "_target_" in parent:
+            continue
+        names = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+        close = difflib.get_close_matches(leaf, names, n=3)
+        hint = f"; did you mean {', '.join(f'{parent_key}.{c}'.lstrip('.') for c in close)}?"
+        raise KeyError(
+            f"override {override!r}: the config has no key {key!r}" + (hint if close else "")
+        )
+
+
 def setup(args: argparse.Namespace) -> DictConfig:
     """The LazyConfig with the command-line overrides; the CPU when CUDA is absent."""
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = LazyConfig.load(args.config_file)
+    check_overrides(cfg, args.opts)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if not torch.cuda.is_available() and str(cfg.train.device).startswith("cuda"):
         cfg.train.device = "cpu"
     default_setup(cfg, args)
@@ -64,6 +95,17 @@ def _ensure_datasets(cfg: DictConfig) -> None:
         for name in [names] if isinstance(names, str) else names:
             if str(name).startswith("gcnet_synthetic"):
                 ensure_synthetic_generated(name)
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """``model`` on ``train.device``, heads initialised as ``train.head_init`` says."""
+    model = instantiate(cfg.model)
+    head_init = cfg.train.get("head_init", "detectron2")
+    if head_init == "mmdet":
+        init_like_mmdet(model)
+    elif head_init != "detectron2":
+        raise ValueError(f"train.head_init must be 'mmdet' or 'detectron2', got {head_init!r}")
+    return model.to(cfg.train.device)
 
 
 def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict:
@@ -81,7 +123,7 @@ def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict:
 def do_train(args: argparse.Namespace, cfg: DictConfig) -> OrderedDict:
     """Train ``model`` with ``optimizer`` and ``lr_multiplier`` for ``train.max_iter``
     iterations, checkpointing and evaluating as ``train`` says; returns the last evaluation."""
-    model = instantiate(cfg.model).to(cfg.train.device)
+    model = build_model(cfg)
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -122,8 +164,7 @@ def main(args: argparse.Namespace) -> OrderedDict:
     cfg = setup(args)
     _ensure_datasets(cfg)
     if args.eval_only:
-        model = instantiate(cfg.model).to(cfg.train.device)
-        model = create_ddp_model(model)
+        model = create_ddp_model(build_model(cfg))
         GCNetCheckpointer(model).load(cfg.train.init_checkpoint)
         results = do_test(cfg, model)
     else:
@@ -135,6 +176,11 @@ def main(args: argparse.Namespace) -> OrderedDict:
 
 def cli(argv: list[str] | None = None) -> None:
     args = default_argument_parser().parse_args(argv)
+    try:  # before any process starts: one line and exit 2 for a bad override
+        check_overrides(LazyConfig.load(args.config_file), args.opts)
+    except KeyError as e:
+        print(f"lazy_train_net.py: error: {e.args[0]}", file=sys.stderr)
+        sys.exit(EXIT_BAD_OVERRIDE)
     launch(
         main,
         args.num_gpus,

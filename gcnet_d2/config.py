@@ -24,6 +24,12 @@ def add_gcnet_config(cfg: CN) -> CN:
     cfg.MODEL.GCNET.POOLING = "att"
     # How the context joins the features: any of "channel_add", "channel_mul".
     cfg.MODEL.GCNET.FUSION = ["channel_add"]
+    # Inference options (gcnet_d2.modeling.inference_options). FOLD_NORMS: fold frozen norms
+    # into their convs at inference (exact up to float rounding; training, tracing and export
+    # see the plain conv + norm). COMPILE: "" (eager) or a torch.compile backend name
+    # ("inductor", "aot_eager", ...) for the backbone; check its output on your device first.
+    cfg.MODEL.GCNET.FOLD_NORMS = True
+    cfg.MODEL.GCNET.COMPILE = ""
 
     # mmdetection parity outside the backbone (used by the table configs):
     # per-stage loss weights of MMDetCascadeROIHeads (mmdet stage_loss_weights).

@@ -148,3 +148,25 @@ def test_lazyconfig_file_is_accepted(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sample 0 (96x128)" in proc.stdout, proc.stdout
     assert (tmp_path / "out" / "model.ts").is_file()
+
+
+def test_backbone_from_a_lazyconfig(tmp_path):
+    """A LazyConfig row (.py) with key=value overrides; weights from train.init_checkpoint."""
+    from detectron2.config import instantiate
+
+    import gcnet_d2
+
+    lazy = gcnet_d2.get_config("gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.py")
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(lazy.model).state_dict()}, tmp_path / "w.pth")
+    image = _write_image(tmp_path / "img.png", 100, 140, 0)
+    args = [TOOL, "--config-file", "configs/gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.py"]
+    args += ["--export-method", "tracing", "--format", "torchscript", "--part", "backbone"]
+    args += ["--output", str(tmp_path / "out"), "--sample-image", image]
+    args += [f"train.init_checkpoint={tmp_path / 'w.pth'}"]
+    args += ["dataloader.test.mapper.augmentations.0.short_edge_length=[96]"]
+    args += ["dataloader.test.mapper.augmentations.0.max_size=128"]
+    proc = run(args, _env(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "initial weights" not in proc.stdout
+    assert any((tmp_path / "out").iterdir())

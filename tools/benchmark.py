@@ -25,6 +25,12 @@ Sections (``--sections``, all by default):
   flops      parameters and FLOPs (fvcore's counter; 1 multiply-add = 1 flop) of each.
   options    no target: channels_last, bf16 autocast (with its measured accuracy cost) and
              torch.compile (graph breaks, compile time, speed) on the backbone.
+  mmdet      (only when named) whole-detector inference, ours vs mmdetection 3.3's own
+             detector built from its own config file, the same weights, by part (bottom-up,
+             FPN, RPN, RoI heads, post-processing), equal detection counts asserted: GC r16
+             Mask R-CNN R-50-FPN (``--backbones r50``) and GC r4 Cascade Mask R-CNN X-101
+             (``--backbones x101``) (tools/model_vs_mmdet.py; needs the parity environment,
+             requirements-parity.txt).
 
 The parts live in ``gcnet_d2/benchmark/`` (timing, memory, fixtures, sections, report,
 targets); this file is the command line. Runs on the CPU by default and on CUDA when
@@ -74,6 +80,9 @@ from gcnet_d2.benchmark.targets import targets  # noqa: E402
 from gcnet_d2.benchmark.timing import Timer  # noqa: E402
 from gcnet_d2.io import atomic_write_text  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tools"))
+from model_vs_mmdet import section_mmdet  # noqa: E402
+
 SECTIONS = {
     "block": section_block,
     "bottleneck": section_bottleneck,
@@ -82,7 +91,9 @@ SECTIONS = {
     "train": section_train,
     "flops": section_flops,
     "options": section_options,
+    "mmdet": section_mmdet,
 }
+DEFAULT_SECTIONS = [name for name in SECTIONS if name != "mmdet"]
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -91,7 +102,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA if present)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller images")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}"
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma list of {', '.join(SECTIONS)} (all but mmdet by default)",
     )
     parser.add_argument(
         "--backbones", default="r50", help="comma list of r50, r101, x101 (backbone section)"

@@ -12,4 +12,5 @@ SGD = L(torch.optim.SGD)(
     momentum=0.9,
     nesterov=False,
     weight_decay=1e-4,
+    foreach=True,  # as detectron2's YAML build_optimizer
 )

@@ -13,4 +13,7 @@ train = dict(
     log_period=20,
     device="cuda",
     seed=-1,
+    # mmdetection's init of the layers trained from scratch (FPN, box FCs, mask logits), as
+    # the YAML's MODEL.MMDET_TRAIN.HEAD_INIT; "detectron2" keeps detectron2's
+    head_init="mmdet",
 )

@@ -127,7 +127,10 @@ def markdown(report: dict) -> str:
                     f"rel err {c['rel_err_vs_eager']:.1e}"
                 )
             if "detections" in row:
-                extra = f"{row['detections'][k]} detections"
+                mem = f"; {extra}" if "memory" in row else ""
+                extra = f"{row['detections'][k]} detections{mem}"
+            if "parts" in row:  # per-part median seconds (section mmdet)
+                extra += "; " + ", ".join(f"{p} {t:.2f} s" for p, t in row["parts"][k].items())
             best = f"{v['best_ratio']:.3f}" if "best_ratio" in v else ""
             lines.append(
                 f"| {row['section']} | {row['shape']} | {row['batch']} | {k} | "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from detectron2.layers import nonzero_tuple
 from detectron2.modeling.matcher import Matcher
 
 
@@ -32,12 +33,14 @@ class MaxIoUMatcher(Matcher):
         matches, labels = super().__call__(match_quality_matrix)
         if self.min_pos_iou is None or match_quality_matrix.numel() == 0:
             return matches, labels
-        best = match_quality_matrix.max(dim=1, keepdim=True).values  # per GT
-        takes = (match_quality_matrix == best) & (best >= self.min_pos_iou)
-        # GT index + 1 of the last GT taking each prediction (0: none), i.e. later GTs win.
-        order = torch.arange(1, len(best) + 1, device=takes.device)[:, None]
-        last = (takes * order).max(dim=0).values
-        low_quality = last > 0
-        matches = torch.where(low_quality, last - 1, matches)
-        labels[low_quality] = 1
+        best = match_quality_matrix.max(dim=1).values  # per GT
+        # GTs whose best IoU is below min_pos_iou take nothing (no IoU equals +inf)
+        best = best.masked_fill(best < self.min_pos_iou, float("inf"))
+        gt_index, pred_index = nonzero_tuple(match_quality_matrix == best[:, None])
+        if len(pred_index) > 0:
+            # the last GT taking a prediction wins (mmdetection assigns GT after GT)
+            last = torch.full_like(matches, -1)
+            last.scatter_reduce_(0, pred_index, gt_index, reduce="amax")
+            matches[pred_index] = last[pred_index]
+            labels[pred_index] = 1
         return matches, labels

@@ -32,6 +32,7 @@ from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .context_block import validate_context_args
+from .inference_options import apply_inference_options
 from .init import init_fpn_like_mmdet
 from .norm import resolve_norm
 
@@ -221,7 +222,12 @@ def validate_gcnet_config(cfg: CfgNode) -> None:
 
 @register_once(BACKBONE_REGISTRY)
 def build_gcnet_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
-    """A bottleneck ResNet / ResNeXt whose stages may use GC blocks and deformable convs."""
+    """A bottleneck ResNet / ResNeXt whose stages may use GC blocks and deformable convs,
+    with the inference options of ``MODEL.GCNET`` (norm folding, ``torch.compile``)."""
+    return apply_inference_options(_resnet(cfg, input_shape), cfg)
+
+
+def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     validate_gcnet_config(cfg)
     res, gc = cfg.MODEL.RESNETS, cfg.MODEL.GCNET
     norm = resolve_norm(res.NORM, cfg.MODEL.DEVICE)
@@ -254,7 +260,7 @@ def _fpn(
     cfg: CfgNode, input_shape: ShapeSpec, make_top_block: Callable[[ResNet], nn.Module]
 ) -> FPN:
     validate_mmdet_train_config(cfg)
-    bottom_up = build_gcnet_resnet_backbone(cfg, input_shape)
+    bottom_up = _resnet(cfg, input_shape)
     fpn = FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -265,7 +271,7 @@ def _fpn(
     )
     if "MMDET_TRAIN" in cfg.MODEL and cfg.MODEL.MMDET_TRAIN.HEAD_INIT == "mmdet":
         init_fpn_like_mmdet(fpn)
-    return fpn
+    return apply_inference_options(fpn, cfg)
 
 
 @register_once(BACKBONE_REGISTRY)

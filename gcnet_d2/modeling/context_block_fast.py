@@ -1,9 +1,25 @@
 """Faster eager formulations of the GC block and the GC bottleneck's ``conv3`` + block.
 
 Everything here computes the plain function of :class:`~.context_block.ContextBlock` and
-:meth:`~.bottleneck.GCBottleneckBlock.forward_plain`, values and gradients; each path says
-why it exists with the figure that earned it (docs/benchmark.md, ``tools/benchmark.py``), and
-``tests/test_fast_paths.py`` pins each one to the plain code.
+:meth:`~.bottleneck.GCBottleneckBlock.forward_plain`, values and gradients, and
+``tests/test_fast_paths.py`` pins each path to the plain code. Why each exists (2 CPU cores,
+figures in docs/benchmark.md):
+
+- :func:`conv3_and_context` (the fold of a frozen ``conv3`` norm and the GC terms into one
+  GEMM, context pooled from ``conv3``'s input): the R-50 backbone at 800x1344 ~5% faster than
+  the unfolded network (control 0.951x plain, GC blocks alone 1.000x / 1.017x of it), training
+  peak memory 0.84x.
+- :func:`context_block_forward`, :func:`attention_pool`, :func:`_transform`: what the fold is
+  built from (a C-vector pooling that can go through ``conv3``, the transforms as linear
+  layers on an N x C vector, ``x * gate + addend`` in one pass).
+
+Removed after re-measuring (issue 12): a hand-written attention-pooling backward
+(``_AttentionPool``) and running the transforms one row at a time (``_per_row``). Both act
+only in training with more than one image: at the backbone and Mask R-CNN inference levels
+(batch 1, no gradient) they never ran (0% by construction). A GC r16 training iteration took
+1.01x the plain one with them in place, leaving them little to earn; the paired training-level
+re-measurement did not finish on the shared 2-core machine, and without a figure >= 2% the
+simpler code stays (docs/benchmark.md, "Fast paths kept and removed").
 
 These paths run only in eager mode (:func:`eager`). While a model is traced (``torch.jit``),
 exported (``torch.export``, the ONNX dynamo exporter) or compiled (``torch.compile``), the
@@ -15,8 +31,6 @@ exports to; the plain conv_mask / softmax / matmul graph runs correctly there).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -92,7 +106,7 @@ def pool_projected(
         pooled = attention_pool(h, torch.mm(mask, weight).reshape(-1), block.conv_mask.bias)
     else:
         pooled = h.mean(dim=(2, 3))
-    return _per_row(partial(F.linear, weight=weight, bias=bias), pooled.to(weight.dtype))
+    return F.linear(pooled.to(weight.dtype), weight, bias)
 
 
 def fusion_vectors(
@@ -116,10 +130,10 @@ def attention_pool(
 ) -> torch.Tensor:
     """``sum_p softmax_p(weight . x[:, :, p] + bias) x[:, :, p]``: N x C from N x C x H x W.
 
-    Reads a view of ``x`` (no copy, contiguous or channels_last). On the CPU, two
-    matrix-vector products per sample (several times faster there than ``bmm`` on these
-    shapes) and, when a gradient is needed, a backward that writes the input gradient in
-    one pass (:class:`_AttentionPool`); elsewhere, batched ``matmul`` under autograd.
+    The pooling of :meth:`ContextBlock.spatial_pool` with a C-vector ``weight`` instead of a
+    1-channel conv (so :func:`pool_projected` can pool through ``conv3``), reading a view of
+    ``x`` (contiguous or channels_last). Batched products under autograd; on the CPU without
+    a gradient, two matrix-vector products per sample (:func:`_attention_pool_rows`).
 
     ``bias`` (one element) cannot change a softmax; it is added to the logits anyway (an
     N x HW add, a C-th of the pooling's work) so it is part of the graph and gets its exact
@@ -128,22 +142,14 @@ def attention_pool(
     """
     n, c, h, w = x.shape
     weight = weight.to(x.dtype)
-    if bias is None:
-        bias = weight.new_zeros(1)
-    bias = bias.reshape(1).to(x.dtype)
-    if x.is_contiguous():
-        flat = x.reshape(n, c, h * w)  # a view
-    elif x.is_contiguous(memory_format=torch.channels_last):
-        flat = x.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2)  # a view
-    else:
-        flat = x.reshape(n, c, h * w)  # copies
-    if x.device.type != "cpu":
-        logits = torch.matmul(weight, flat) + bias  # N x HW
-        attention = logits.softmax(dim=-1, dtype=_softmax_dtype(x)).to(x.dtype)
-        return torch.bmm(flat, attention.unsqueeze(-1)).reshape(n, c)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (flat, weight, bias)):
-        return _AttentionPool.apply(flat, weight, bias)
-    return _attention_pool_cpu(flat, weight, bias)[0]
+    bias = weight.new_zeros(1) if bias is None else bias.reshape(1).to(x.dtype)
+    flat = x.reshape(n, c, h * w)  # a view for contiguous and channels_last maps
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
+    if x.device.type == "cpu" and not needs_grad:
+        return _attention_pool_rows(flat, weight, bias)
+    logits = torch.matmul(weight, flat) + bias  # N x HW
+    attention = logits.softmax(dim=-1, dtype=_softmax_dtype(x)).to(x.dtype)
+    return torch.bmm(flat, attention.unsqueeze(-1)).reshape(n, c)
 
 
 def _softmax_dtype(x: torch.Tensor) -> torch.dtype:
@@ -151,79 +157,22 @@ def _softmax_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _attention_pool_cpu(
+def _attention_pool_rows(
     flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(context N x C, attention N x L)`` of ``flat`` (N x C x L), one sample at a time."""
-    contexts, attentions = [], []
+) -> torch.Tensor:
+    """Inference pooling of ``flat`` (N x C x L), one sample at a time: ``mv`` on the CPU is
+    several times faster than ``bmm`` with a 1-column operand on these shapes."""
+    contexts = []
     for sample in flat.unbind(0):  # C x L views
         logits = torch.addmv(bias, sample.t(), weight)
         attention = logits.softmax(dim=0, dtype=_softmax_dtype(flat)).to(flat.dtype)
-        attentions.append(attention)
         contexts.append(torch.mv(sample, attention))
-    return torch.stack(contexts), torch.stack(attentions)
-
-
-class _AttentionPool(torch.autograd.Function):
-    """Attention pooling with a hand-written backward (first order).
-
-    Autograd through the per-sample products would write the input gradient twice per
-    sample (one outer product per ``mv``) and then sum the pieces. Here it is one rank-2
-    product per sample, ``[d_context, weight] @ [attention; d_logits]``, written in place.
-    """
-
-    @staticmethod
-    def forward(ctx, flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        context, attention = _attention_pool_cpu(flat, weight, bias)
-        ctx.save_for_backward(flat, weight, attention)
-        return context
-
-    @staticmethod
-    def backward(ctx, d_context: torch.Tensor):
-        flat, weight, attention = ctx.saved_tensors
-        d_context = d_context.to(flat.dtype)
-        need_flat, need_weight, need_bias = ctx.needs_input_grad[:3]
-        d_flat = torch.empty_like(flat) if need_flat else None
-        d_weight = torch.zeros_like(weight) if need_weight else None
-        d_bias = weight.new_zeros(1) if need_bias else None
-        for i in range(flat.shape[0]):
-            sample, att = flat[i], attention[i]
-            d_att = torch.mv(sample.t(), d_context[i])
-            d_logits = att * (d_att - torch.dot(att, d_att))  # softmax backward
-            if d_weight is not None:
-                d_weight += torch.mv(sample, d_logits)
-            if d_bias is not None:
-                d_bias += d_logits.sum()
-            if d_flat is not None:
-                left = torch.stack([d_context[i], weight], dim=1)  # C x 2
-                right = torch.stack([att, d_logits])  # 2 x L
-                out = d_flat[i]
-                if out.stride(-1) == 1:
-                    torch.mm(left, right, out=out)
-                else:  # channels_last: write the transposed product
-                    torch.mm(right.t(), left.t(), out=out.t())
-        return d_flat, d_weight, d_bias
-
-
-def _per_row(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``fn`` on an N x D tensor; on the CPU one row at a time.
-
-    The GC vectors are tiny. With N > 1 rows, the CPU's GEMM and layer-norm kernels open a
-    multi-threaded region for them, whose join waits for every thread: when another process
-    holds a core, that wait is a scheduler time slice (milliseconds, measured) for a
-    microsecond op. Single rows run on the calling thread.
-    """
-    if x.device.type != "cpu" or x.shape[0] == 1:
-        return fn(x)
-    return torch.cat([fn(row) for row in x.split(1)])
+    return torch.stack(contexts)
 
 
 def _transform(seq: nn.Sequential, context: torch.Tensor) -> torch.Tensor:
-    """``seq`` (conv1x1 -> LayerNorm([P, 1, 1]) -> ReLU -> conv1x1) on an N x C vector."""
-    return _per_row(partial(_transform_rows, seq), context)
-
-
-def _transform_rows(seq: nn.Sequential, context: torch.Tensor) -> torch.Tensor:
+    """``seq`` (conv1x1 -> LayerNorm([P, 1, 1]) -> ReLU -> conv1x1) on an N x C vector, as
+    linear layers (same weights, same arithmetic, no convolution machinery on one pixel)."""
     first, norm, last = seq[0], seq[1], seq[3]
     planes = first.out_channels
     y = F.linear(context, first.weight.reshape(planes, -1), first.bias)

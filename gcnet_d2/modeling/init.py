@@ -42,3 +42,21 @@ def init_mask_head_like_mmdet(mask_head: nn.Module) -> None:
     nn.init.kaiming_normal_(predictor.weight, mode="fan_out", nonlinearity="relu")
     if predictor.bias is not None:
         nn.init.zeros_(predictor.bias)
+
+
+def init_like_mmdet(model: nn.Module) -> nn.Module:
+    """Every FPN, box head and mask head of ``model`` initialised as above; returns ``model``.
+
+    What the YAML builders do with ``MODEL.MMDET_TRAIN.HEAD_INIT: mmdet``, for a model made
+    without a CfgNode (``lazy_train_net.py`` applies it with ``train.head_init="mmdet"``).
+    """
+    from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
+
+    for module in model.modules():
+        if isinstance(module, FPN):
+            init_fpn_like_mmdet(module)
+        elif isinstance(module, FastRCNNConvFCHead):
+            init_box_head_like_mmdet(module)
+        elif isinstance(module, MaskRCNNConvUpsampleHead):
+            init_mask_head_like_mmdet(module)
+    return model

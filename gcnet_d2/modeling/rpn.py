@@ -26,14 +26,19 @@ from .assign import MaxIoUMatcher
 
 
 def valid_anchor_mask(
-    anchors: Boxes, image_size: tuple[int, int], pad_size_divisor: int, boundary_thresh: float
+    anchors: Boxes,
+    image_size: tuple[int, int],
+    pad_size_divisor: int,
+    boundary_thresh: float,
+    centers: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Anchors mmdetection would match in an image of ``image_size`` (h, w): centre inside
-    the image's pad shape and, for ``boundary_thresh >= 0``, inside the image +- it."""
+    the image's pad shape and, for ``boundary_thresh >= 0``, inside the image +- it.
+    ``centers`` may pass ``anchors.get_centers()`` when it is shared by several images."""
     h, w = image_size
     pad_h = -(-h // pad_size_divisor) * pad_size_divisor
     pad_w = -(-w // pad_size_divisor) * pad_size_divisor
-    centers = anchors.get_centers()
+    centers = anchors.get_centers() if centers is None else centers
     valid = (centers[:, 0] < pad_w) & (centers[:, 1] < pad_h)
     if boundary_thresh >= 0:
         valid &= anchors.inside_box(image_size, boundary_thresh)
@@ -73,20 +78,32 @@ class MMDetRPN(RPN):
         if not self.valid_anchors:
             return super().label_and_sample_anchors(anchors, gt_instances)
         anchors = Boxes.cat(anchors)
+        centers = anchors.get_centers()
         gt_labels, matched_gt_boxes = [], []
         for inst in gt_instances:
             gt_boxes = inst.gt_boxes
             keep = valid_anchor_mask(
-                anchors, inst.image_size, self.pad_size_divisor, self.anchor_boundary_thresh
+                anchors,
+                inst.image_size,
+                self.pad_size_divisor,
+                self.anchor_boundary_thresh,
+                centers,
             )
-            index = keep.nonzero().squeeze(1)
-            labels = torch.full((len(anchors),), -1, dtype=torch.int8, device=gt_boxes.device)
-            matched = gt_boxes.tensor.new_zeros((len(anchors), 4))
-            if len(index) > 0:
+            if bool(keep.all()):  # e.g. the batch's largest image: no subset to take
+                idx, labels = self.anchor_matcher(pairwise_iou(gt_boxes, anchors))
+                labels = labels.to(torch.int8)
+                matched = gt_boxes.tensor[idx] if len(gt_boxes) > 0 else None
+            else:
+                index = keep.nonzero().squeeze(1)
+                labels = torch.full((len(anchors),), -1, dtype=torch.int8, device=keep.device)
                 idx, lab = self.anchor_matcher(pairwise_iou(gt_boxes, anchors[index]))
-                labels[index] = lab.to(labels.device)
+                labels[index] = lab.to(labels.dtype)
+                matched = None
                 if len(gt_boxes) > 0:
+                    matched = gt_boxes.tensor.new_zeros((len(anchors), 4))
                     matched[index] = gt_boxes.tensor[idx]
+            if matched is None:  # no GT: the values are never read (no positive anchor)
+                matched = gt_boxes.tensor.new_zeros((len(anchors), 4))
             gt_labels.append(self._subsample_labels(labels))
             matched_gt_boxes.append(matched)
         return gt_labels, matched_gt_boxes

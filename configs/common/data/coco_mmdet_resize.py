@@ -46,6 +46,8 @@ dataloader.test = L(build_detection_test_loader)(
             L(MMDetResizeShortestEdge)(short_edge_length=(800,), max_size=1333, backend="cv2"),
         ],
         image_format="${...train.mapper.image_format}",
+        use_instance_mask="${...train.mapper.use_instance_mask}",
+        instance_mask_format="${...train.mapper.instance_mask_format}",
     ),
     num_workers="${..train.num_workers}",
 )

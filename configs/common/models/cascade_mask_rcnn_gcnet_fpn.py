@@ -5,7 +5,6 @@ proposals, mmdetection's test path and one mask head per stage (MMDetCascadeROIH
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import (
     FastRCNNConvFCHead,
     FastRCNNOutputLayers,
@@ -14,6 +13,7 @@ from detectron2.modeling.roi_heads import (
 from torch import nn
 
 from gcnet_d2.modeling import MMDetCascadeROIHeads
+from gcnet_d2.modeling.assign import MaxIoUMatcher
 
 from .mask_rcnn_gcnet_fpn import model
 
@@ -26,9 +26,10 @@ STAGE_BOX_REG_WEIGHTS = [
 STAGE_IOUS = [0.5, 0.6, 0.7]
 
 model.proposal_generator.post_nms_topk = (2000, 1000)
+model.proposal_generator.anchor_boundary_thresh = 0  # allowed_border=0
 model.proposal_generator.smooth_l1_beta = 1.0 / 9
 
-for key in ("box_head", "box_predictor", "proposal_matcher", "mask_head"):
+for key in ("box_head", "box_predictor", "proposal_matcher", "mask_head", "mmdet_sampling"):
     model.roi_heads.pop(key)
 model.roi_heads.update(
     _target_=MMDetCascadeROIHeads,
@@ -53,10 +54,12 @@ model.roi_heads.update(
         )
         for weights in STAGE_BOX_REG_WEIGHTS
     ],
+    # mmdetection's cascade stages: max-IoU assigner without low-quality matches
     proposal_matchers=[
-        L(Matcher)(thresholds=[iou], labels=[0, 1], allow_low_quality_matches=False)
-        for iou in STAGE_IOUS
+        L(MaxIoUMatcher)(thresholds=[iou], labels=[0, 1], min_pos_iou=None) for iou in STAGE_IOUS
     ],
+    mmdet_sampling=True,
+    cascade_resample=True,  # stages 2-3: drop GT rows, re-assign, re-add GTs, re-sample
     # mmdetection: one mask head per stage, averaged at test time
     mask_head=L(nn.ModuleList)(
         modules=[

@@ -1,6 +1,11 @@
 """``model``: mmdetection's Mask R-CNN R-50-FPN (Base-GCNet-RCNN-FPN.yaml's MODEL) on a
 GC / DCN ResNet. Leaves change ``model.backbone.bottom_up.stages`` (depth, groups, norm, GC,
-DCN); the stem takes the stages' norm."""
+DCN); the stem takes the stages' norm.
+
+mmdetection's training recipe (the YAML's ``MODEL.MMDET_TRAIN``): MMDetRPN (anchors valid
+in each image's own padded size, max-IoU assigner with low-quality matches at IoU >= 0.3),
+MMDetROIHeads (GTs prepended, low-quality RoI matches at IoU >= 0.5). mmdetection's head
+init (``HEAD_INIT: mmdet``) is ``train.head_init``, applied by ``lazy_train_net.py``."""
 
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
@@ -8,18 +13,19 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.backbone import FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
+from detectron2.modeling.proposal_generator import StandardRPNHead
 from detectron2.modeling.roi_heads import (
     FastRCNNConvFCHead,
     FastRCNNOutputLayers,
     MaskRCNNConvUpsampleHead,
-    StandardROIHeads,
 )
 
 from gcnet_d2.modeling import make_gcnet_stages, make_gcnet_stem
+from gcnet_d2.modeling.assign import MaxIoUMatcher
+from gcnet_d2.modeling.roi_heads import MMDetROIHeads
+from gcnet_d2.modeling.rpn import MMDetRPN
 
 FPN_SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
@@ -50,7 +56,7 @@ model = L(GeneralizedRCNN)(
         top_block=L(LastLevelMaxPool)(),
         fuse_type="sum",
     ),
-    proposal_generator=L(RPN)(
+    proposal_generator=L(MMDetRPN)(
         in_features=["p2", "p3", "p4", "p5", "p6"],
         head=L(StandardRPNHead)(in_channels=256, num_anchors=3),
         anchor_generator=L(DefaultAnchorGenerator)(
@@ -59,9 +65,9 @@ model = L(GeneralizedRCNN)(
             strides=[4, 8, 16, 32, 64],
             offset=0.0,
         ),
-        anchor_matcher=L(Matcher)(
-            thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True
-        ),
+        anchor_matcher=L(MaxIoUMatcher)(thresholds=[0.3, 0.7], labels=[0, -1, 1], min_pos_iou=0.3),
+        valid_anchors=True,  # anchors in another image's batch padding never matched
+        pad_size_divisor=32,
         box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
         batch_size_per_image=256,
         positive_fraction=0.5,
@@ -71,13 +77,12 @@ model = L(GeneralizedRCNN)(
         box_reg_loss_type="smooth_l1",
         smooth_l1_beta=0.0,  # = L1 loss, as mmdet's Mask R-CNN
     ),
-    roi_heads=L(StandardROIHeads)(
+    roi_heads=L(MMDetROIHeads)(
         num_classes=80,
         batch_size_per_image=512,
         positive_fraction=0.25,
-        proposal_matcher=L(Matcher)(
-            thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False
-        ),
+        proposal_matcher=L(MaxIoUMatcher)(thresholds=[0.5], labels=[0, 1], min_pos_iou=0.5),
+        mmdet_sampling=True,  # GTs prepended to the proposals, as mmdetection samples
         box_in_features=["p2", "p3", "p4", "p5"],
         box_pooler=L(ROIPooler)(
             output_size=7, scales=FPN_SCALES, sampling_ratio=0, pooler_type="ROIAlignV2"

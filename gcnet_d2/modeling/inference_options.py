@@ -1,0 +1,53 @@
+"""The inference options of ``MODEL.GCNET`` applied to a built backbone.
+
+* ``FOLD_NORMS`` (default on): frozen norms folded into their convolutions when that is the
+  same function (inference: eval mode, no gradient, not traced / compiled / exported), see
+  :mod:`gcnet_d2.modeling.inference_fusion`;
+* ``COMPILE`` (default off): a ``torch.compile`` backend name (``"inductor"``,
+  ``"aot_eager"``, ...) with which the backbone (bottom-up and FPN) is compiled in place
+  (``nn.Module.compile``: parameters and state-dict keys unchanged). The detector's heads stay
+  eager: their box counts are data dependent. Check the output on your device first
+  (``tools/compile_check.py``): docs/benchmark.md reports a wrong GC backbone from inductor on
+  CUDA with torch 2.11.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode
+from torch import nn
+
+from .inference_fusion import enable_norm_folding
+
+
+def validate_inference_options(cfg: CfgNode) -> None:
+    gc = cfg.MODEL.GCNET
+    if not isinstance(gc.FOLD_NORMS, bool):
+        raise ValueError(f"MODEL.GCNET.FOLD_NORMS must be true or false, got {gc.FOLD_NORMS!r}")
+    if not isinstance(gc.COMPILE, str):
+        raise ValueError(
+            f"MODEL.GCNET.COMPILE must be a torch.compile backend name or '' (off), "
+            f"got {gc.COMPILE!r}"
+        )
+    if gc.COMPILE:
+        import torch._dynamo
+
+        if gc.COMPILE not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ValueError(
+                f"MODEL.GCNET.COMPILE: unknown torch.compile backend {gc.COMPILE!r}; "
+                f"available: {torch._dynamo.list_backends()}"
+            )
+
+
+def apply_inference_options(backbone: nn.Module, cfg: CfgNode, compile_: bool = True) -> nn.Module:
+    """Apply ``MODEL.GCNET.FOLD_NORMS`` and (with ``compile_``) ``MODEL.GCNET.COMPILE`` to
+    ``backbone`` in place; returns it."""
+    validate_inference_options(cfg)
+    gc = cfg.MODEL.GCNET
+    if gc.FOLD_NORMS:
+        enable_norm_folding(backbone)
+    if compile_ and gc.COMPILE:
+        backbone.compile(backend=gc.COMPILE)
+    return backbone
+
+
+__all__ = ["apply_inference_options", "validate_inference_options"]
