@@ -111,7 +111,10 @@ def save_traced(traced: Any, path: str, model: GeneralizedRCNN, input_format: st
 def load_traced(path: str | io.BytesIO, device: str | torch.device = "cpu") -> tuple[Any, dict]:
     """``(module, metadata)`` of a file (or buffer) written by :func:`save_traced`."""
     extra = {META_FILE: ""}
-    module = torch.jit.load(path, map_location=device, _extra_files=extra)
+    # Load on the CPU, then move parameters and buffers: ``map_location`` would also move the
+    # trace's constants (e.g. the padding divisor) while shapes read under tracing stay CPU
+    # tensors, and the first op mixing them fails on CUDA.
+    module = torch.jit.load(path, map_location="cpu", _extra_files=extra).to(device)
     if not extra[META_FILE]:
         raise ValueError(f"{path}: not a gcnet_d2 traced detector (no {META_FILE} inside)")
     return module, json.loads(extra[META_FILE])
