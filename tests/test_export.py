@@ -102,7 +102,7 @@ def test_traced_detector_equals_eager_at_other_sizes_and_counts(family, tmp_path
     assert any(c != trace_count for c in counts), (trace_count, counts)
 
 
-def test_backbone_torch_export_dynamic_hw(family):
+def test_backbone_torch_export_dynamic_batch_hw(family):
     name, model = family
     backbone = model.backbone
     program = bb.export_backbone(backbone, torch.randn(1, 3, 128, 160))
@@ -110,8 +110,8 @@ def test_backbone_torch_export_dynamic_hw(family):
     torch.export.save(program, buffer)
     buffer.seek(0)
     module = torch.export.load(buffer).module()
-    for h, w in ((128, 160), (96, 224)):
-        x = torch.randn(1, 3, h, w)
+    for n, h, w in ((1, 128, 160), (2, 96, 224)):  # batch, H and W all dynamic
+        x = torch.randn(n, 3, h, w)
         expected = bb.backbone_outputs(backbone, x)
         got = module(x)
         for e, g in zip(expected, got, strict=True):
@@ -130,8 +130,8 @@ def test_backbone_onnx_runs_in_onnxruntime_with_default_options(family):
     ops = {n.op_type for n in proto.graph.node}
     assert ("DeformConv" in ops) == (name == "dcn_gc_cascade")
     session = bb.onnxruntime_session(data)  # onnxruntime's DEFAULT session options
-    for h, w in ((128, 160), (96, 224)):
-        x = torch.randn(1, 3, h, w)
+    for n, h, w in ((1, 128, 160), (2, 96, 224)):
+        x = torch.randn(n, 3, h, w)
         expected = bb.backbone_outputs(model.backbone, x)
         got = bb.run_onnxruntime(session, x)
         worst = max(relative_error(e, g) for e, g in zip(expected, got, strict=True))

@@ -136,20 +136,6 @@ def test_documented_commands_parse_and_take_a_route():
         check_route(parsed.export_method, parsed.format, parsed.part, parsed.opset)
 
 
-def test_lazyconfig_file_is_accepted(tmp_path):
-    """A shipped LazyConfig ``.py`` row, with ``key=value`` overrides (small test resize)."""
-    row = str(REPO / "configs" / "gcnet" / "mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco.py")
-    image = _write_image(tmp_path / "img.png", 90, 120, 0)
-    resize = "dataloader.test.mapper.augmentations.0"
-    args = [TOOL, "--config-file", row, "--sample-image", image]
-    args += ["--output", str(tmp_path / "out"), "train.device=cpu"]
-    args += [f"{resize}.short_edge_length=[96]", f"{resize}.max_size=128"]
-    proc = run(args, _env(), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "sample 0 (96x128)" in proc.stdout, proc.stdout
-    assert (tmp_path / "out" / "model.ts").is_file()
-
-
 def test_backbone_from_a_lazyconfig(tmp_path):
     """A LazyConfig row (.py) with key=value overrides; weights from train.init_checkpoint."""
     from detectron2.config import instantiate

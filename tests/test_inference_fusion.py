@@ -112,7 +112,8 @@ def test_eval_with_grad_folds_in_graph_and_differentiates():
     with torch.no_grad():
         want = net.res3(net.res2(net.stem(x)))
     got = net.res3(net.res2(net.stem(x)))
-    assert torch.equal(got, want)
+    # the GC blocks' pooling takes its autograd-capable path here: rounding, not bits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
     got.sum().backward()
     norm = net.res3[0].conv1.norm  # the stem and res2 are frozen (FREEZE_AT)
     assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0

@@ -3,7 +3,9 @@
 Input: one normalised N x 3 x H x W float tensor (``(image - PIXEL_MEAN) / PIXEL_STD``, padded
 to the backbone's ``size_divisibility``, 32 for the FPN), as ``GeneralizedRCNN`` feeds the
 backbone. Output: the feature maps as a tuple in ``output_shape()`` order (p2 ... p6).
-H and W are symbolic multiples of the size divisibility; the batch size is that of the sample.
+The batch size and H and W (multiples of the size divisibility) are symbolic: the program
+runs at any of them, whatever the sample's (a batch-1 sample is repeated to 2 for the export,
+since ``torch.export`` fixes a size of 1).
 
 ONNX goes through the dynamo exporter (``torch.export`` then onnxscript) at opset >= 19: the
 first opset with ``DeformConv``, which torchvision's ``deform_conv2d`` becomes. The legacy
@@ -25,6 +27,7 @@ from ..io import atomic_open, atomic_write_bytes
 from .errors import ExportRouteError
 
 MIN_OPSET = 19  # ONNX DeformConv appears in opset 19
+MAX_BATCH = 64
 MAX_UNITS = 256  # H and W up to 256 x size_divisibility (8192 px at stride 32)
 
 
@@ -59,11 +62,18 @@ def check_sample(backbone: Backbone, sample: torch.Tensor) -> None:
 
 
 def dynamic_hw(backbone: Backbone) -> dict[str, dict[int, Any]]:
-    """``dynamic_shapes`` for :class:`BackboneFeatures`: H and W free multiples of the stride."""
+    """``dynamic_shapes`` for :class:`BackboneFeatures`: any batch size, H and W free
+    multiples of the stride."""
     stride = _divisibility(backbone)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     h = torch.export.Dim("h_units", min=2, max=MAX_UNITS)
     w = torch.export.Dim("w_units", min=2, max=MAX_UNITS)
-    return {"x": {2: stride * h, 3: stride * w}}
+    return {"x": {0: batch, 2: stride * h, 3: stride * w}}
+
+
+def _export_sample(sample: torch.Tensor) -> torch.Tensor:
+    """``sample`` with at least 2 images: torch.export would fix a batch size of 1."""
+    return sample.repeat(2, 1, 1, 1) if sample.shape[0] == 1 else sample
 
 
 def export_backbone(backbone: Backbone, sample: torch.Tensor) -> torch.export.ExportedProgram:
@@ -71,7 +81,9 @@ def export_backbone(backbone: Backbone, sample: torch.Tensor) -> torch.export.Ex
     check_sample(backbone, sample)
     module = BackboneFeatures(backbone).eval()
     with torch.no_grad():
-        return torch.export.export(module, (sample,), dynamic_shapes=dynamic_hw(backbone))
+        return torch.export.export(
+            module, (_export_sample(sample),), dynamic_shapes=dynamic_hw(backbone)
+        )
 
 
 def onnx_bytes(backbone: Backbone, sample: torch.Tensor, opset: int = MIN_OPSET) -> bytes:
@@ -89,7 +101,7 @@ def onnx_bytes(backbone: Backbone, sample: torch.Tensor, opset: int = MIN_OPSET)
     with torch.no_grad():
         program = torch.onnx.export(
             module,
-            (sample,),
+            (_export_sample(sample),),
             dynamo=True,
             opset_version=opset,
             dynamic_shapes=dynamic_hw(backbone),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode
 from torch import nn
 
-from .inference_fusion import enable_norm_folding
+from .inference_fusion import disable_norm_folding, enable_norm_folding
 
 
 def validate_inference_options(cfg: CfgNode) -> None:
@@ -45,6 +45,8 @@ def apply_inference_options(backbone: nn.Module, cfg: CfgNode, compile_: bool = 
     gc = cfg.MODEL.GCNET
     if gc.FOLD_NORMS:
         enable_norm_folding(backbone)
+    else:
+        disable_norm_folding(backbone)
     if compile_ and gc.COMPILE:
         backbone.compile(backend=gc.COMPILE)
     return backbone
