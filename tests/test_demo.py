@@ -24,6 +24,7 @@ DEMO = REPO / "demo" / "demo.py"
 QUICKSTART = "quickstart/mask_rcnn_r50_fpn_r16_gcb_synthetic.yaml"
 # The quick-start architecture, narrowed so that building, saving and running it takes moments.
 TINY = [
+    "MODEL.DEVICE", "cpu",
     "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
     "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
     "MODEL.FPN.OUT_CHANNELS", "32",
