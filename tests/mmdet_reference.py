@@ -1,5 +1,9 @@
 """mmdetection reference models for the numerical parity tests (test support, not a test).
 
+Why one file over ~450 lines: it is one concept, "the mmdetection side", imported by every
+parity test: the ``mmcv._ext`` stand-in (forward and backward kernels), the builders from
+mmdetection's own config files and the checkpoint writer change together.
+
 mmdet 3.3 / mmengine 0.10.7 / mmcv-lite 2.1.0 (see ``requirements-parity.txt``) are used as
 the *reference* implementation. mmcv-lite ships the Python side of ``mmcv.ops`` but not the
 compiled extension ``mmcv._ext``, which every ``mmcv.ops`` module loads at import time (and
