@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from gcnet_d2.benchmark.timing import median_ci
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -218,14 +220,9 @@ def part_compile(s: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def median_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
-    s = sorted(values)
-    n = len(s)
-    half = z * math.sqrt(n) / 2
-    lo = max(0, math.floor(n / 2 - half))
-    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
-    mid = (s[(n - 1) // 2] + s[n // 2]) / 2
-    return mid, s[lo], s[hi]
+def median_and_ci(values: list[float]) -> tuple[float, float, float]:
+    """The median and its ~95% interval (the benchmark's order statistics)."""
+    return (statistics.median(values), *median_ci(values))
 
 
 def part_model(s: argparse.Namespace) -> None:
@@ -274,10 +271,10 @@ def part_model(s: argparse.Namespace) -> None:
                     sync()
                     times[n].append(time.perf_counter() - t)
         ratios = [a / b for a, b in zip(times["GC r16"], times["plain"], strict=True)]
-        mid, lo, hi = median_ci(ratios)
+        mid, lo, hi = median_and_ci(ratios)
         print(
-            f"batch {batch}: plain {median_ci(times['plain'])[0] * 1e3:.1f} ms, GC r16 "
-            f"{median_ci(times['GC r16'])[0] * 1e3:.1f} ms; GC/plain {mid:.3f} "
+            f"batch {batch}: plain {statistics.median(times['plain']) * 1e3:.1f} ms, GC r16 "
+            f"{statistics.median(times['GC r16']) * 1e3:.1f} ms; GC/plain {mid:.3f} "
             f"[{lo:.3f}, {hi:.3f}] ({s.rounds} rounds); detections {dets}"
         )
 

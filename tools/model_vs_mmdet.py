@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gcnet_d2.benchmark.timing import median_ci, quantile
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -254,29 +256,6 @@ def run_mmdet(mm: nn.Module, img: np.ndarray) -> tuple[dict, object]:
 def detections_summary(ours_out: object, mm_out: object) -> dict:
     n_ours, n_mm = len(ours_out), len(mm_out.scores)
     return {"ours": n_ours, "mmdet": n_mm}
-
-
-# --------------------------------------------------------------------------------------
-# statistics
-
-
-def quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def median_ci(values: list[float], z: float = 1.96) -> tuple[float, float]:
-    """Distribution-free ~95% confidence interval of the median (order statistics)."""
-    s = sorted(values)
-    n = len(s)
-    if n < 6:
-        return s[0], s[-1]
-    half = z * math.sqrt(n) / 2
-    lo = max(0, math.floor(n / 2 - half))
-    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
-    return s[lo], s[hi]
 
 
 def compare(
