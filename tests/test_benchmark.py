@@ -7,6 +7,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from tests.helpers import REPO, documented_commands
 
@@ -99,3 +100,41 @@ def test_targets_judge_the_measured_ratios():
     row = {"section": "training iteration, 2 images", "variants": {}, "memory": memory}
     met = {t["target"]: t["met"] for t in benchmark.targets({"rows": [row]})}
     assert list(met.values()) == ["yes", "no"]
+    row = _timed_row("training components, GC r16 Mask R-CNN", {"mmdetection components": over})
+    met = {t["target"]: t["met"] for t in benchmark.targets({"rows": [row]})}
+    assert met == {"training iteration, mmdetection components <= 1.03x Detectron2's": "no"}
+
+
+def test_recipe_section_compares_the_two_component_sets_on_the_same_model():
+    """The ``recipe`` section's Detectron2 side is stock detectron2 (RPN, StandardROIHeads,
+    polygons), its mmdetection side the table config; the parameters are the same, and the
+    bitmap targets are the polygons rasterised at the image size and padded to 32."""
+    from detectron2.modeling.proposal_generator import RPN
+    from detectron2.modeling.roi_heads import StandardROIHeads
+    from detectron2.structures import BitMasks, PolygonMasks
+
+    from gcnet_d2.benchmark.recipe_section import D2, MMDET, recipe_inputs, recipe_model
+    from gcnet_d2.modeling import MMDetROIHeads, MMDetRPN
+
+    cpu = torch.device("cpu")
+    d2, ours = recipe_model(D2, cpu), recipe_model(MMDET, cpu)
+    assert type(d2.proposal_generator) is RPN and type(d2.roi_heads) is StandardROIHeads
+    assert isinstance(ours.proposal_generator, MMDetRPN)
+    assert isinstance(ours.roi_heads, MMDetROIHeads)
+    shapes = {k: v.shape for k, v in d2.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in ours.state_dict().items()}
+
+    sizes = ((96, 128), (80, 112))
+    polys, bits = recipe_inputs(sizes, cpu, bitmasks=False), recipe_inputs(sizes, cpu, True)
+    for p, b, (h, w) in zip(polys, bits, sizes, strict=True):
+        assert torch.equal(p["image"], b["image"])
+        assert torch.equal(p["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
+        assert isinstance(p["instances"].gt_masks, PolygonMasks)
+        masks = b["instances"].gt_masks
+        assert isinstance(masks, BitMasks)
+        assert masks.tensor.shape[1:] == (-(-h // 32) * 32, -(-w // 32) * 32)
+        assert not masks.tensor[:, h:].any() and not masks.tensor[:, :, w:].any()
+        # each bitmap covers about its polygon's area (a diamond: half its box)
+        boxes = p["instances"].gt_boxes
+        ratio = masks.tensor.sum((1, 2)).float() / boxes.area()
+        assert ((ratio > 0.35) & (ratio < 0.65)).all(), ratio

@@ -22,6 +22,10 @@ Sections (``--sections``, all by default):
              every image yields 100 detections and the mask head always runs).
   train      one training iteration (2 images, forward + backward + SGD step) and its peak
              memory, plain vs GC.
+  recipe     one training iteration (2 images of different sizes) and its peak memory of GC
+             r16 Mask R-CNN with mmdetection's training components (the table configs'
+             MODEL.MMDET_TRAIN.*, bitmap mask targets) vs Detectron2's stock components, the
+             same weights and ground truth (issue 10's cost; target <= 1.03x).
   flops      parameters and FLOPs (fvcore's counter; 1 multiply-add = 1 flop) of each.
   options    no target: channels_last, bf16 autocast (with its measured accuracy cost) and
              torch.compile (graph breaks, compile time, speed) on the backbone.
@@ -67,6 +71,7 @@ if str(REPO) not in sys.path:
 import gcnet_d2  # noqa: E402, F401  (registers the backbones)
 from gcnet_d2.benchmark.extra_sections import section_flops, section_options  # noqa: E402
 from gcnet_d2.benchmark.fixtures import CONFIGS  # noqa: E402
+from gcnet_d2.benchmark.recipe_section import section_recipe  # noqa: E402
 from gcnet_d2.benchmark.report import machine, markdown  # noqa: E402
 from gcnet_d2.benchmark.sections import (  # noqa: E402
     Settings,
@@ -89,6 +94,7 @@ SECTIONS = {
     "backbone": section_backbone,
     "model": section_model,
     "train": section_train,
+    "recipe": section_recipe,
     "flops": section_flops,
     "options": section_options,
     "mmdet": section_mmdet,

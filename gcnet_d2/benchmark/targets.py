@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .fixtures import CONTROL, R4, R16
+from .recipe_section import MMDET
 
 
 def targets(report: dict) -> list[dict]:
@@ -41,6 +42,15 @@ def targets(report: dict) -> list[dict]:
                         pair["ratio_ci95"],
                         limit,
                     )
+        elif sec.startswith("training components"):
+            r = v[MMDET]
+            limit = 1.03
+            check(
+                f"training iteration, {MMDET} <= {limit}x Detectron2's",
+                r["ratio"],
+                r["ratio_ci95"],
+                limit,
+            )
         elif sec.startswith("training"):
             for name in [k for k in (R16, R4) if k in row["memory"]]:
                 mem = row["memory"][name]

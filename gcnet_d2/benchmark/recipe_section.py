@@ -1,0 +1,130 @@
+"""The ``recipe`` section: what mmdetection's training components cost (issue 10).
+
+One training iteration (forward, backward, SGD step) of GC r16 Mask R-CNN R-50-FPN as the table
+configs train it (``MODEL.MMDET_TRAIN.*``: MaxIoU anchor and RoI assignment, valid anchors,
+GTs prepended; bitmap mask targets, ``INPUT.MASK_RASTER: mmdet``) against the same model with
+Detectron2's stock components (``RPN``, ``StandardROIHeads``, polygon mask targets), the same
+weights and the same images and ground truth. The two images have different sizes, so the
+smaller one is padded in the batch and the valid-anchor flags have work to do.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks
+from detectron2.utils.events import EventStorage
+from torch import nn
+
+import gcnet_d2
+from gcnet_d2.data.mapper import pad_bitmasks, rasterize_segmentation
+
+from .fixtures import (
+    CONFIGS,
+    R16,
+    calibrate_norms,
+    inference_inputs,
+    peaked_class_scores,
+    randomize_context_blocks,
+    training_inputs,
+)
+from .memory import measure_peak_memory
+from .report import make_row, print_row
+from .sections import Settings
+from .timing import Timer
+
+MMDET, D2 = "mmdetection components", "Detectron2 components"
+
+#: The table config's training components switched to Detectron2's own (README "Remaining
+#: differences": each key off is Detectron2's behaviour).
+D2_COMPONENTS = {
+    "MODEL.PROPOSAL_GENERATOR.NAME": "RPN",
+    "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
+    "MODEL.MMDET_TRAIN.RPN_MAX_IOU_ASSIGNER": False,
+    "MODEL.MMDET_TRAIN.RPN_VALID_ANCHORS": False,
+    "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER": False,
+    "MODEL.MMDET_TRAIN.HEAD_INIT": "detectron2",
+    "INPUT.MASK_FORMAT": "polygon",
+    "INPUT.MASK_RASTER": "detectron2",
+}
+
+
+def recipe_model(components: str, device: torch.device) -> nn.Module:
+    """The R-50 GC r16 Mask R-CNN with the named training components, in train mode."""
+    cfg = gcnet_d2.get_config(CONFIGS["r50"][R16])
+    if components == D2:
+        cfg.merge_from_list([x for item in D2_COMPONENTS.items() for x in item])
+    cfg.MODEL.DEVICE = str(device)
+    return build_model(cfg).to(device).train()
+
+
+def recipe_inputs(
+    sizes: tuple[tuple[int, int], ...], device: torch.device, bitmasks: bool
+) -> list[dict]:
+    """One image per size, 6 GTs each (``training_inputs``); with ``bitmasks`` the masks are
+    what ``MMDetMaskMapper`` hands the model: image-size bitmaps padded to a multiple of 32."""
+    batch = []
+    for size in sizes:
+        (item,) = training_inputs(size, torch.device("cpu"), n=1)
+        inst = item["instances"]
+        if bitmasks:
+            h, w = size
+            masks = [rasterize_segmentation(p, h, w) for p in inst.gt_masks.polygons]
+            bitmap = BitMasks(torch.from_numpy(np.stack(masks)).bool())
+            inst.gt_masks = pad_bitmasks(bitmap)
+        item["image"] = item["image"].to(device)
+        item["instances"] = inst.to(device)
+        batch.append(item)
+    return batch
+
+
+def section_recipe(s: Settings, timer: Timer) -> list[dict]:
+    """Iteration time and peak memory, mmdetection's training components vs Detectron2's."""
+    sizes = ((256, 384), (224, 352)) if s.quick else ((800, 1216), (800, 1066))
+    torch.manual_seed(0)
+    models = {D2: recipe_model(D2, s.device), MMDET: recipe_model(MMDET, s.device)}
+    d2 = models[D2]
+    calibrate_norms(d2, partial(d2, inference_inputs(sizes[0], s.device)))
+    peaked_class_scores(d2)
+    randomize_context_blocks(d2)
+    models[MMDET].load_state_dict(d2.state_dict())  # strict: the same parameters
+    if s.quick:  # smoke-test size: fewer sampled RoIs (the recipe samples 512 per image)
+        for m in models.values():
+            m.roi_heads.batch_size_per_image = 128
+    batches = {
+        D2: recipe_inputs(sizes, s.device, bitmasks=False),
+        MMDET: recipe_inputs(sizes, s.device, bitmasks=True),
+    }
+    steps = {}
+    for name, model in models.items():
+        opt = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
+        )
+
+        def step(
+            model: nn.Module = model, opt: torch.optim.Optimizer = opt, batch: list = batches[name]
+        ) -> None:
+            torch.manual_seed(3)  # the same proposal / RoI sampling every time
+            opt.zero_grad(set_to_none=True)
+            with EventStorage(0):
+                losses = model(batch)
+            sum(losses.values()).backward()
+            opt.step()
+
+        steps[name] = step
+    memory = {}
+    for name, step in steps.items():
+        step()  # warm-up: optimizer state, allocator
+        memory[name] = measure_peak_memory(step, s.device, rss=not s.quick)
+    res = timer.compare(steps, D2, s.rounds(7, 1), warmup=0, min_sample_s=0.0)
+    for key in list(memory[MMDET]):
+        a, b = memory[MMDET][key], memory[D2][key]
+        if a is not None and b:
+            memory[MMDET][key.replace("_bytes", "_ratio")] = a / b
+    shape = " + ".join(f"{h}x{w}" for h, w in sizes)
+    row = make_row("training components, GC r16 Mask R-CNN", shape, 2, res, D2, memory=memory)
+    print_row(row)
+    return [row]
