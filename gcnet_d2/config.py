@@ -65,6 +65,12 @@ def add_gcnet_config(cfg: CN) -> CN:
     # convs and the box head FCs, kaiming_normal (fan_out) on the mask logits; "detectron2" =
     # c2_xavier_fill and normal(0.001). Needs gcnet_d2's FPN backbone and RoI heads.
     cfg.MODEL.MMDET_TRAIN.HEAD_INIT = "detectron2"
+    # Bitmap mask targets (INPUT.MASK_RASTER "mmdet") are cut by RoIAlign from a GT bitmap;
+    # its zero padding decides the samples at the bitmap's bottom / right edge. "image": padded
+    # per image to PAD_SIZE_DIVISOR (mmdetection 2.x's Pad, which trained the released
+    # checkpoints); "batch": padded to the batch's padded shape (mmdetection 3.x's
+    # DetDataPreprocessor(pad_mask=True)). Needs gcnet_d2's RoI heads for "batch".
+    cfg.MODEL.MMDET_TRAIN.MASK_PAD = "image"
 
     # Image resizing of gcnet_d2's dataset mapper: "cv2" = cv2.INTER_LINEAR as mmdetection
     # (what the released checkpoints saw), "pil" = detectron2's default PIL bilinear.
@@ -91,6 +97,7 @@ def add_gcnet_config(cfg: CN) -> CN:
     return cfg
 
 
+MASK_PAD_MODES = ("image", "batch")
 _MMDET_ROI_HEADS = ("MMDetROIHeads", "MMDetCascadeROIHeads")
 _FPN_BACKBONES = ("build_gcnet_resnet_fpn_backbone", "build_gcnet_retinanet_resnet_fpn_backbone")
 
@@ -135,6 +142,15 @@ def validate_mmdet_train_config(cfg: CN) -> None:
                 "MODEL.MMDET_TRAIN.CASCADE_RESAMPLE=True needs "
                 "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER=True (stages 2-3 drop the prepended GTs)"
             )
+    if t.MASK_PAD not in MASK_PAD_MODES:
+        raise ValueError(
+            f"MODEL.MMDET_TRAIN.MASK_PAD must be one of {MASK_PAD_MODES}, got {t.MASK_PAD!r}"
+        )
+    if t.MASK_PAD == "batch" and roi_name not in _MMDET_ROI_HEADS:
+        raise ValueError(
+            "MODEL.MMDET_TRAIN.MASK_PAD='batch' needs MODEL.ROI_HEADS.NAME in "
+            f"{_MMDET_ROI_HEADS}, got {roi_name!r}"
+        )
     if t.HEAD_INIT not in ("detectron2", "mmdet"):
         raise ValueError(
             f"MODEL.MMDET_TRAIN.HEAD_INIT must be 'detectron2' or 'mmdet', got {t.HEAD_INIT!r}"

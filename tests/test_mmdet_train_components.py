@@ -251,6 +251,16 @@ def test_mmdet_head_init():
             ("MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER", "MODEL.ROI_HEADS.NAME"),
         ),
         ({"MODEL.MMDET_TRAIN.HEAD_INIT": "xavier"}, ("MODEL.MMDET_TRAIN.HEAD_INIT",)),
+        ({"MODEL.MMDET_TRAIN.MASK_PAD": "image-32"}, ("MODEL.MMDET_TRAIN.MASK_PAD",)),
+        (
+            {
+                "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
+                "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER": False,
+                "MODEL.MMDET_TRAIN.HEAD_INIT": "detectron2",
+                "MODEL.MMDET_TRAIN.MASK_PAD": "batch",
+            },
+            ("MODEL.MMDET_TRAIN.MASK_PAD", "MODEL.ROI_HEADS.NAME"),
+        ),
         ({"MODEL.MMDET_TRAIN.RPN_MIN_POS_IOU": 1.5}, ("MODEL.MMDET_TRAIN.RPN_MIN_POS_IOU",)),
     ],
 )
@@ -265,3 +275,24 @@ def test_cascade_resample_needs_the_mmdet_sampler():
     cfg = _cfg(CASCADE_ROW, **{"MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER": False})
     with pytest.raises(ValueError, match="MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER"):
         build_model(cfg)
+
+
+def test_mask_pad_batch_pads_bitmaps_to_the_batch_shape():
+    """MASK_PAD "batch" (mmdetection 3.x): bitmaps zero-padded to the padded batch, polygons
+    untouched, a bitmap larger than the batch is an error naming both sizes."""
+    from detectron2.structures import BitMasks, ImageList, PolygonMasks
+
+    from gcnet_d2.modeling.roi_heads import pad_gt_masks_to_batch
+
+    images = ImageList(torch.zeros(2, 3, 64, 96), [(64, 96), (32, 64)])
+    small, poly = Instances((32, 64)), Instances((64, 96))
+    small.gt_masks = BitMasks(torch.ones(2, 32, 64, dtype=torch.bool))
+    poly.gt_masks = PolygonMasks([[[0.0, 0.0, 10.0, 0.0, 10.0, 10.0]]])
+    pad_gt_masks_to_batch(images, [poly, small])
+    assert small.gt_masks.tensor.shape == (2, 64, 96)
+    assert small.gt_masks.tensor[:, :32, :64].all() and int(small.gt_masks.tensor.sum()) == 4096
+    assert isinstance(poly.gt_masks, PolygonMasks)
+    big = Instances((64, 96))
+    big.gt_masks = BitMasks(torch.ones(1, 96, 96, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(96, 96\).*\(64, 96\)"):
+        pad_gt_masks_to_batch(images, [big])

@@ -10,7 +10,9 @@ parameter's gradient and the set of trainable parameters must agree.
 
 The batch exercises what the components change: two images of different sizes (anchors in
 the smaller one's batch padding), a ~12 px box (below the 0.3-IoU reach of the smallest
-anchors), two overlapping boxes, a box touching the border and a concave polygon mask.
+anchors), two overlapping boxes, boxes touching the border (one at the bottom-right of the
+smaller image, where mmdetection 3.x's batch-padded GT bitmaps matter: our side runs
+``MODEL.MMDET_TRAIN.MASK_PAD: batch``, 3.x's rule) and a concave polygon mask.
 
 Detectron2 casts boxes (``Boxes``), box decoding and NMS inputs to float32 whatever the
 model's dtype: in float32 a proposal moving by 1e-6 can flip a ReLU in the box head, so our
@@ -97,6 +99,9 @@ GT = (
     [
         ([20.0, 16.0, 70.0, 80.0], 2, _rect(20, 16, 70, 80)),
         ([64.0, 24.0, 110.0, 70.0], 0, _rect(64, 24, 110, 70)),
+        # touches the right and bottom edges of an image whose size is a multiple of 32, in
+        # the first image's padding: mmdetection 3.x pads its bitmap to the batch shape
+        ([96.0, 64.0, 128.0, 96.0], 1, _rect(96, 64, 128, 96)),
     ],
 )
 
@@ -202,6 +207,7 @@ def models(request, tmp_path_factory):
     cfg = gcnet_d2.get_config(row)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.MMDET_TRAIN.MASK_PAD = "batch"  # mmdetection 3.x (2.x pads per image)
     if depth is not None:
         cfg.MODEL.RESNETS.DEPTH = depth
     ours = build_model(cfg)

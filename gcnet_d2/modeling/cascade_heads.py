@@ -36,7 +36,12 @@ from torch import nn
 from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .init import init_box_head_like_mmdet, init_mask_head_like_mmdet
-from .roi_heads import log_sample_sizes, mmdet_roi_matcher, sample_with_gt_prepended
+from .roi_heads import (
+    log_sample_sizes,
+    mmdet_roi_matcher,
+    pad_gt_masks_to_batch,
+    sample_with_gt_prepended,
+)
 
 
 @register_once(ROI_HEADS_REGISTRY)
@@ -51,6 +56,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         stage_loss_weights: Sequence[float],
         mmdet_sampling: bool = False,
         cascade_resample: bool = False,
+        mask_pad: str = "image",
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
@@ -58,6 +64,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             raise ValueError("cascade_resample needs mmdet_sampling (GT rows are dropped)")
         self.mmdet_sampling = bool(mmdet_sampling)
         self.cascade_resample = bool(cascade_resample)
+        self.mask_pad = mask_pad
         if len(stage_loss_weights) != self.num_cascade_stages:
             raise ValueError(
                 "MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS needs one weight per stage "
@@ -78,6 +85,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             ret["proposal_matchers"] = [mmdet_roi_matcher(cfg, [iou], [0, 1]) for iou in ious]
         ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
         ret["cascade_resample"] = t.CASCADE_RESAMPLE
+        ret["mask_pad"] = t.MASK_PAD
         if t.HEAD_INIT == "mmdet":
             for head in ret["box_heads"]:
                 init_box_head_like_mmdet(head)
@@ -107,8 +115,9 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         return {"mask_in_features": in_features, "mask_pooler": pooler, "mask_head": heads}
 
     def forward(self, images, features, proposals, targets=None):  # noqa: ANN001, ANN201
-        del images
         if self.training:
+            if self.mask_pad == "batch" and targets is not None:
+                pad_gt_masks_to_batch(images, targets)
             proposals = self.label_and_sample_proposals(proposals, targets)
             return proposals, self._train_stages(features, proposals, targets)
         instances = self._forward_box(features, proposals)

@@ -4,7 +4,9 @@ With ``MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER`` the proposals of each image are 
 :class:`~.assign.MaxIoUMatcher` (mmdetection's Mask R-CNN: low-quality matches at IoU >= 0.5),
 then the GT boxes are *prepended* as positives of their own GT (``add_gt_as_proposals``;
 Detectron2 appends them and matches them with the rest), then ``subsample_labels`` draws the
-``ROI_HEADS`` budget. Inference is ``StandardROIHeads`` unchanged.
+``ROI_HEADS`` budget. With ``MODEL.MMDET_TRAIN.MASK_PAD: batch`` bitmap GT masks are
+zero-padded to the batch's shape first (mmdetection 3.x). Inference is ``StandardROIHeads``
+unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from detectron2.layers import nonzero_tuple
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.sampling import subsample_labels
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 from ..config import validate_mmdet_train_config
@@ -63,6 +65,29 @@ def sample_with_gt_prepended(
     return sampled
 
 
+def pad_gt_masks_to_batch(images: ImageList, targets: list[Instances]) -> None:
+    """Zero-pad each target's ``BitMasks`` to the padded batch shape ``images.tensor`` has.
+
+    mmdetection 3.x pads GT bitmaps to the batch input shape before RoIAlign cuts the 28x28
+    targets; where a bitmap ends at an object (an image whose size is a multiple of 32, in a
+    batch with a larger image), RoIAlign's samples in its last pixel then blend with zeros
+    instead of repeating the edge. Polygon masks have no padding and are left alone.
+    """
+    height, width = images.tensor.shape[-2:]
+    for inst in targets:
+        masks = inst.get("gt_masks") if inst.has("gt_masks") else None
+        if isinstance(masks, BitMasks):
+            h, w = masks.tensor.shape[-2:]
+            if h > height or w > width:
+                raise ValueError(
+                    f"gt_masks of size {(h, w)} larger than the padded batch {(height, width)}"
+                )
+            if (h, w) != (height, width):
+                padded = masks.tensor.new_zeros((len(masks), height, width))
+                padded[:, :h, :w] = masks.tensor
+                inst.gt_masks = BitMasks(padded)
+
+
 def mmdet_roi_matcher(cfg, thresholds: list[float], labels: list[int]) -> MaxIoUMatcher:  # noqa: ANN001
     """The RoI matcher that ``MODEL.MMDET_TRAIN`` asks for, at ``thresholds`` / ``labels``."""
     t = cfg.MODEL.MMDET_TRAIN
@@ -85,9 +110,12 @@ class MMDetROIHeads(StandardROIHeads):
     """Mask R-CNN heads with mmdetection's RoI sampling and head init (see module doc)."""
 
     @configurable
-    def __init__(self, *, mmdet_sampling: bool = False, **kwargs: object) -> None:
+    def __init__(
+        self, *, mmdet_sampling: bool = False, mask_pad: str = "image", **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)
         self.mmdet_sampling = bool(mmdet_sampling)
+        self.mask_pad = mask_pad
 
     @classmethod
     def from_config(cls, cfg, input_shape):  # noqa: ANN001, ANN206 - detectron2 signature
@@ -99,11 +127,17 @@ class MMDetROIHeads(StandardROIHeads):
                 cfg, cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS, cfg.MODEL.ROI_HEADS.IOU_LABELS
             )
         ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
+        ret["mask_pad"] = t.MASK_PAD
         if t.HEAD_INIT == "mmdet":
             init_box_head_like_mmdet(ret["box_head"])
             if ret.get("mask_head") is not None:
                 init_mask_head_like_mmdet(ret["mask_head"])
         return ret
+
+    def forward(self, images, features, proposals, targets=None):  # noqa: ANN001, ANN201
+        if self.training and self.mask_pad == "batch" and targets is not None:
+            pad_gt_masks_to_batch(images, targets)
+        return super().forward(images, features, proposals, targets)
 
     @torch.no_grad()
     def label_and_sample_proposals(
