@@ -30,6 +30,10 @@ def add_gcnet_config(cfg: CN) -> CN:
     # ("inductor", "aot_eager", ...) for the backbone; check its output on your device first.
     cfg.MODEL.GCNET.FOLD_NORMS = True
     cfg.MODEL.GCNET.COMPILE = ""
+    # PARALLEL_ROI_ALIGN: gcnet_d2's RoI heads spread the boxes of each RoIAlign call over the
+    # CPU threads at eager inference (torchvision's CPU kernel uses one; same output bit for
+    # bit; gcnet_d2.modeling.roi_align_parallel).
+    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = True
 
     # mmdetection parity outside the backbone (used by the table configs):
     # per-stage loss weights of MMDetCascadeROIHeads (mmdet stage_loss_weights).

@@ -36,6 +36,7 @@ from torch import nn
 from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .init import init_box_head_like_mmdet, init_mask_head_like_mmdet
+from .roi_align_parallel import parallel_roi_align_option, use_parallel_roi_align
 from .roi_heads import (
     log_sample_sizes,
     mmdet_roi_matcher,
@@ -57,9 +58,13 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         mmdet_sampling: bool = False,
         cascade_resample: bool = False,
         mask_pad: str = "image",
+        parallel_roi_align: bool = True,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
+        if parallel_roi_align:
+            use_parallel_roi_align(self.box_pooler)
+            use_parallel_roi_align(getattr(self, "mask_pooler", None))
         if cascade_resample and not mmdet_sampling:
             raise ValueError("cascade_resample needs mmdet_sampling (GT rows are dropped)")
         self.mmdet_sampling = bool(mmdet_sampling)
@@ -86,6 +91,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
         ret["cascade_resample"] = t.CASCADE_RESAMPLE
         ret["mask_pad"] = t.MASK_PAD
+        ret["parallel_roi_align"] = parallel_roi_align_option(cfg)
         if t.HEAD_INIT == "mmdet":
             for head in ret["box_heads"]:
                 init_box_head_like_mmdet(head)

@@ -24,6 +24,7 @@ from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .assign import MaxIoUMatcher
 from .init import init_box_head_like_mmdet, init_mask_head_like_mmdet
+from .roi_align_parallel import parallel_roi_align_option, use_parallel_roi_align
 
 
 def sample_with_gt_prepended(
@@ -111,11 +112,19 @@ class MMDetROIHeads(StandardROIHeads):
 
     @configurable
     def __init__(
-        self, *, mmdet_sampling: bool = False, mask_pad: str = "image", **kwargs: object
+        self,
+        *,
+        mmdet_sampling: bool = False,
+        mask_pad: str = "image",
+        parallel_roi_align: bool = True,
+        **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
         self.mmdet_sampling = bool(mmdet_sampling)
         self.mask_pad = mask_pad
+        if parallel_roi_align:
+            use_parallel_roi_align(self.box_pooler)
+            use_parallel_roi_align(getattr(self, "mask_pooler", None))
 
     @classmethod
     def from_config(cls, cfg, input_shape):  # noqa: ANN001, ANN206 - detectron2 signature
@@ -128,6 +137,7 @@ class MMDetROIHeads(StandardROIHeads):
             )
         ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
         ret["mask_pad"] = t.MASK_PAD
+        ret["parallel_roi_align"] = parallel_roi_align_option(cfg)
         if t.HEAD_INIT == "mmdet":
             init_box_head_like_mmdet(ret["box_head"])
             if ret.get("mask_head") is not None:

@@ -1,0 +1,102 @@
+"""RoIAlign over several CPU threads at inference: the same kernel, on chunks of the boxes.
+
+torchvision's CPU ``roi_align`` kernel loops over the boxes on one thread, whatever
+``torch.get_num_threads()`` says; in a Mask R-CNN at 800x1333 on the CPU it is the largest
+single-threaded part of inference (the box head pools 1000 proposals, the mask head 100
+detections). Each output row depends only on its own box, so splitting the boxes into one
+chunk per thread and running the unchanged kernel on each chunk in a worker thread (the op
+releases the GIL) gives the same tensor bit for bit. Figures: docs/benchmark.md.
+
+Only eager CPU inference takes this path (no gradient needed, not traced, scripted, compiled
+or exported, more than one thread, enough boxes to share out); everything else calls the plain
+``ROIAlign.forward``. ``MODEL.GCNET.PARALLEL_ROI_ALIGN`` switches it (gcnet_d2's RoI heads).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from detectron2.layers import ROIAlign
+from detectron2.modeling.poolers import ROIPooler
+from torch import nn
+
+from .context_block_fast import eager
+
+#: Below this many boxes per thread the thread hand-off costs more than it saves.
+MIN_BOXES_PER_THREAD = 16
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="roi_align")
+            _pool_size = workers
+        return _pool
+
+
+def _pool_chunk(align: ROIAlign, input: torch.Tensor, rois: torch.Tensor, inference: bool):  # noqa: A002, ANN202
+    # grad / inference mode are thread-local: the worker takes the caller's
+    with torch.inference_mode() if inference else torch.no_grad():
+        return ROIAlign.forward(align, input, rois)
+
+
+class ParallelROIAlign(ROIAlign):
+    """detectron2's ``ROIAlign`` whose eager CPU inference spreads the boxes over threads."""
+
+    def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        threads = torch.get_num_threads()
+        if (
+            not eager()  # first: the checks below would read sizes into a trace
+            or threads < 2
+            or input.device.type != "cpu"
+            or rois.shape[0] < 2 * MIN_BOXES_PER_THREAD
+            or (torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad))
+        ):
+            return super().forward(input, rois)
+        chunks = min(threads, rois.shape[0] // MIN_BOXES_PER_THREAD)
+        pool = _executor(chunks)
+        inference = torch.is_inference_mode_enabled()
+        parts = [pool.submit(_pool_chunk, self, input, r, inference) for r in rois.chunk(chunks)]
+        return torch.cat([p.result() for p in parts])
+
+
+def use_parallel_roi_align(pooler: ROIPooler | None) -> ROIPooler | None:
+    """Make every level of ``pooler`` that is a ``ROIAlign`` a :class:`ParallelROIAlign`
+    (same settings, no parameters, so state dicts are unchanged); returns ``pooler``."""
+    if pooler is None:
+        return None
+    for i, level in enumerate(pooler.level_poolers):
+        if type(level) is ROIAlign:
+            fast = ParallelROIAlign(
+                level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned
+            )
+            pooler.level_poolers[i] = fast
+    return pooler
+
+
+def parallel_roi_align_option(cfg) -> bool:  # noqa: ANN001 - a detectron2 CfgNode
+    """``MODEL.GCNET.PARALLEL_ROI_ALIGN``, checked (on when the key is absent)."""
+    gc = cfg.MODEL.get("GCNET")
+    value = True if gc is None else gc.get("PARALLEL_ROI_ALIGN", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"MODEL.GCNET.PARALLEL_ROI_ALIGN must be true or false, got {value!r}")
+    return value
+
+
+def uses_parallel_roi_align(module: nn.Module) -> bool:
+    return any(isinstance(m, ParallelROIAlign) for m in module.modules())
+
+
+__all__ = [
+    "ParallelROIAlign",
+    "parallel_roi_align_option",
+    "use_parallel_roi_align",
+    "uses_parallel_roi_align",
+]

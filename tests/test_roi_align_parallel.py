@@ -1,0 +1,152 @@
+"""ParallelROIAlign: the same tensor as detectron2's ROIAlign, bit for bit, on the paths
+that take threads (eager CPU inference) and the plain path everywhere else."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from detectron2.layers import ROIAlign
+from detectron2.modeling import build_model
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
+
+import gcnet_d2
+from gcnet_d2.benchmark.fixtures import calibrate_norms, randomize_context_blocks
+from gcnet_d2.modeling import roi_align_parallel
+from gcnet_d2.modeling.roi_align_parallel import ParallelROIAlign, use_parallel_roi_align
+from tests.helpers import TINY_OPTS
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pool_calls(monkeypatch):
+    """Counts the calls that went through the thread pool."""
+    calls = []
+    real = roi_align_parallel._executor
+
+    def counting(workers: int):
+        calls.append(workers)
+        return real(workers)
+
+    monkeypatch.setattr(roi_align_parallel, "_executor", counting)
+    return calls
+
+
+def _inputs(n: int = 300, images: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(images, 8, 40, 56, generator=g)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([200.0, 140.0])
+    wh = torch.rand(n, 2, generator=g) * 100 + 2
+    idx = torch.randint(0, images, (n, 1), generator=g).float()
+    return x, torch.cat([idx, xy, xy + wh], 1)
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_threaded_inference_equals_roi_align_bit_for_bit(two_threads, pool_calls, mode, aligned):
+    x, rois = _inputs()
+    plain = ROIAlign((7, 7), 0.25, 0, aligned)
+    fast = ParallelROIAlign((7, 7), 0.25, 0, aligned)
+    with getattr(torch, mode)():
+        expected, got = plain(x, rois), fast(x, rois)
+    assert pool_calls == [2]
+    assert torch.equal(got, expected)
+
+
+def test_plain_path_when_a_gradient_is_needed_or_too_few_boxes(two_threads, pool_calls):
+    x, rois = _inputs()
+    fast = ParallelROIAlign((7, 7), 0.25, 0, True)
+    x.requires_grad_(True)
+    out = fast(x, rois)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.no_grad():
+        fast(x.detach(), rois[: 2 * roi_align_parallel.MIN_BOXES_PER_THREAD - 1])
+    assert pool_calls == []
+
+
+def test_trace_records_the_plain_kernel(two_threads, pool_calls):
+    x, rois = _inputs()
+    fast = ParallelROIAlign((7, 7), 0.25, 0, True)
+    with torch.no_grad():
+        traced = torch.jit.trace(fast, (x, rois), check_trace=False)
+        x2, rois2 = _inputs(n=500, images=2)
+        assert torch.equal(traced(x2, rois2), ROIAlign((7, 7), 0.25, 0, True)(x2, rois2))
+    assert pool_calls == []  # tracing took the plain path
+    assert "torchvision::roi_align" in str(traced.graph)
+
+
+def test_pooler_swap_keeps_settings_and_leaves_other_poolers():
+    pooler = ROIPooler((7, 7), (1 / 4, 1 / 8), sampling_ratio=0, pooler_type="ROIAlignV2")
+    use_parallel_roi_align(pooler)
+    assert all(type(p) is ParallelROIAlign for p in pooler.level_poolers)
+    assert [p.spatial_scale for p in pooler.level_poolers] == [1 / 4, 1 / 8]
+    assert all(p.aligned and p.sampling_ratio == 0 for p in pooler.level_poolers)
+    other = ROIPooler((7, 7), (1 / 4,), sampling_ratio=0, pooler_type="ROIPool")
+    use_parallel_roi_align(other)
+    assert type(other.level_poolers[0]) is not ParallelROIAlign
+
+
+def _model(row: str, parallel: bool):
+    cfg = gcnet_d2.get_config(row)
+    cfg.merge_from_list(TINY_OPTS)
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = parallel
+    return build_model(cfg).eval()
+
+
+def _realistic(model, image: torch.Tensor) -> None:  # noqa: ANN001
+    """Calibrated norms, non-zero GC blocks, peaked class scores: detections exist."""
+    calibrate_norms(model, partial(model, [{"image": image}]))
+    randomize_context_blocks(model)
+    predictors = model.roi_heads.box_predictor
+    for predictor in predictors if isinstance(predictors, torch.nn.ModuleList) else [predictors]:
+        with torch.no_grad():
+            predictor.cls_score.weight.mul_(0.1)
+            predictor.cls_score.bias.fill_(-4.0)[:5] = 3.0  # five likely classes per box
+            predictor.bbox_pred.weight.mul_(0.01)  # refined boxes stay near the proposals
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml",
+        "gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco.yaml",
+    ],
+)
+def test_detector_detections_equal_with_and_without(row, two_threads, pool_calls):
+    """The table configs' RoI heads pool with ParallelROIAlign (box and mask); the detector's
+    output is the plain one's, bit for bit; the key switches it off."""
+    plain, fast = _model(row, False), _model(row, True)
+    assert not roi_align_parallel.uses_parallel_roi_align(plain)
+    assert type(fast.roi_heads.box_pooler.level_poolers[0]) is ParallelROIAlign
+    assert type(fast.roi_heads.mask_pooler.level_poolers[0]) is ParallelROIAlign
+    g = torch.Generator().manual_seed(1)
+    image = (torch.rand(3, 192, 256, generator=g) * 255).round()
+    _realistic(plain, image)
+    fast.load_state_dict(plain.state_dict())
+    with torch.inference_mode():
+        a = plain([{"image": image}])[0]["instances"]
+        b = fast([{"image": image}])[0]["instances"]
+    assert pool_calls, "the threaded path ran"
+    assert len(a) > 0
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_masks, b.pred_masks)
+    assert isinstance(a.pred_boxes, Boxes)
+
+
+def test_bad_option_names_the_key():
+    cfg = gcnet_d2.get_config("gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = "yes"
+    with pytest.raises(ValueError, match="MODEL.GCNET.PARALLEL_ROI_ALIGN"):
+        build_model(cfg)
