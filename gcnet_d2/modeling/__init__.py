@@ -14,6 +14,7 @@ from .cascade_heads import MMDetCascadeROIHeads
 from .context_block import ContextBlock, reference_context_block
 from .context_block_fast import set_fast_paths
 from .deform_conv import DeformConv2dWithOffset
+from .fpn import LeanFPN
 from .norm import FrozenStatsBatchNorm2d, resolve_norm
 from .roi_heads import MMDetROIHeads
 from .rpn import MMDetRPN
@@ -24,6 +25,7 @@ __all__ = [
     "DeformGCBottleneckBlock",
     "FrozenStatsBatchNorm2d",
     "GCBottleneckBlock",
+    "LeanFPN",
     "MMDetCascadeROIHeads",
     "MMDetROIHeads",
     "MMDetRPN",

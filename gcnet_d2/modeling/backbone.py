@@ -32,6 +32,7 @@ from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .context_block import validate_context_args
+from .fpn import LeanFPN
 from .inference_fusion import enable_norm_folding
 from .inference_options import apply_inference_options
 from .init import init_fpn_like_mmdet
@@ -275,7 +276,7 @@ def _fpn(
 ) -> FPN:
     validate_mmdet_train_config(cfg)
     bottom_up = _resnet(cfg, input_shape)
-    fpn = FPN(
+    fpn = LeanFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,

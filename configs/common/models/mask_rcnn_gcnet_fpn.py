@@ -10,7 +10,7 @@ init (``HEAD_INIT: mmdet``) is ``train.head_init``, applied by ``lazy_train_net.
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
-from detectron2.modeling.backbone import FPN, ResNet
+from detectron2.modeling.backbone import ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch import GeneralizedRCNN
@@ -22,7 +22,7 @@ from detectron2.modeling.roi_heads import (
     MaskRCNNConvUpsampleHead,
 )
 
-from gcnet_d2.modeling import make_gcnet_stages, make_gcnet_stem
+from gcnet_d2.modeling import LeanFPN, make_gcnet_stages, make_gcnet_stem
 from gcnet_d2.modeling.assign import MaxIoUMatcher
 from gcnet_d2.modeling.roi_heads import MMDetROIHeads
 from gcnet_d2.modeling.rpn import MMDetRPN
@@ -30,7 +30,7 @@ from gcnet_d2.modeling.rpn import MMDetRPN
 FPN_SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
 model = L(GeneralizedRCNN)(
-    backbone=L(FPN)(
+    backbone=L(LeanFPN)(
         bottom_up=L(ResNet)(
             stem=L(make_gcnet_stem)(norm="${..stages.norm}"),
             stages=L(make_gcnet_stages)(
