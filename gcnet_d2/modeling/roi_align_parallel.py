@@ -21,6 +21,7 @@ import torch
 from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .context_block_fast import eager
 
@@ -63,8 +64,30 @@ class ParallelROIAlign(ROIAlign):
         chunks = min(threads, rois.shape[0] // MIN_BOXES_PER_THREAD)
         pool = _executor(chunks)
         inference = torch.is_inference_mode_enabled()
-        parts = [pool.submit(_pool_chunk, self, input, r, inference) for r in rois.chunk(chunks)]
+        parts = [
+            pool.submit(_pool_chunk, self, input, r, inference)
+            for r in rois.split(self._balanced_sizes(rois, chunks))
+        ]
         return torch.cat([p.result() for p in parts])
+
+    def _balanced_sizes(self, rois: torch.Tensor, chunks: int) -> list[int]:
+        """Consecutive chunk sizes of about equal work. With ``sampling_ratio`` 0 the kernel
+        takes ceil(box side / bin side) samples per bin and axis, so a large box costs many
+        small ones: split at equal shares of that cost, not of the box count."""
+        n = rois.shape[0]
+        if self.sampling_ratio > 0:
+            cost = torch.ones(n, dtype=torch.float64)
+        else:
+            h, w = _pair(self.output_size)
+            side = (rois[:, 3:5] - rois[:, 1:3]).double().clamp_min(1.0) * self.spatial_scale
+            cost = (side[:, 1] / h).ceil().clamp_min(1) * (side[:, 0] / w).ceil().clamp_min(1)
+        total = cost.cumsum(0)
+        cuts = torch.searchsorted(
+            total, total[-1] * torch.arange(1, chunks, dtype=torch.float64) / chunks
+        )
+        bounds = [0, *(int(c) + 1 for c in cuts), n]
+        bounds = sorted(min(max(b, 0), n) for b in bounds)
+        return [b - a for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 def use_parallel_roi_align(pooler: ROIPooler | None) -> ROIPooler | None:
