@@ -74,15 +74,26 @@ def test_plain_path_when_a_gradient_is_needed_or_too_few_boxes(two_threads, pool
     assert pool_calls == []
 
 
-def test_trace_records_the_plain_kernel(two_threads, pool_calls):
+def test_trace_records_forks_equal_to_the_plain_kernel(two_threads, pool_calls):
+    """A trace pools in TorchScript forks (no Python thread pool): equal to the plain kernel
+    at other box counts (none and one included) and with gradients."""
     x, rois = _inputs()
     fast = ParallelROIAlign((7, 7), 0.25, 0, True)
+    plain = ROIAlign((7, 7), 0.25, 0, True)
     with torch.no_grad():
         traced = torch.jit.trace(fast, (x, rois), check_trace=False)
-        x2, rois2 = _inputs(n=500, images=2)
-        assert torch.equal(traced(x2, rois2), ROIAlign((7, 7), 0.25, 0, True)(x2, rois2))
-    assert pool_calls == []  # tracing took the plain path
-    assert "torchvision::roi_align" in str(traced.graph)
+    assert pool_calls == []
+    graph = str(traced.inlined_graph)
+    assert graph.count("aten::wait(") == roi_align_parallel.TRACE_PARTS, graph
+    for n in (500, 1, 0):
+        x2, rois2 = _inputs(n=n, images=2)
+        with torch.no_grad():
+            assert torch.equal(traced(x2, rois2), plain(x2, rois2)), n
+    x3 = x.clone().requires_grad_(True)
+    traced(x3, rois).square().sum().backward()
+    x4 = x.clone().requires_grad_(True)
+    plain(x4, rois).square().sum().backward()
+    torch.testing.assert_close(x3.grad, x4.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_pooler_swap_keeps_settings_and_leaves_other_poolers():

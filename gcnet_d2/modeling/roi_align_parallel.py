@@ -7,9 +7,11 @@ detections). Each output row depends only on its own box, so splitting the boxes
 chunk per thread and running the unchanged kernel on each chunk in a worker thread (the op
 releases the GIL) gives the same tensor bit for bit. Figures: docs/benchmark.md.
 
-Only eager CPU inference takes this path (no gradient needed, not traced, scripted, compiled
-or exported, more than one thread, enough boxes to share out); everything else calls the plain
-``ROIAlign.forward``. ``MODEL.GCNET.PARALLEL_ROI_ALIGN`` switches it (gcnet_d2's RoI heads).
+Eager CPU inference takes this path (no gradient needed, more than one thread, enough boxes
+to share out). A ``torch.jit.trace`` records the same split as TorchScript forks, so exported
+TorchScript models pool in parallel too (any box count, gradients flow). Scripting,
+``torch.compile`` and ``torch.export`` (and so ONNX) call the plain ``ROIAlign.forward``.
+``MODEL.GCNET.PARALLEL_ROI_ALIGN`` switches it (gcnet_d2's RoI heads).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from .context_block_fast import eager
 
 #: Below this many boxes per thread the thread hand-off costs more than it saves.
 MIN_BOXES_PER_THREAD = 16
+#: Forks per RoIAlign call in a ``torch.jit.trace`` (the trace cannot read the thread count
+#: of the machine it will run on; two cores are the smallest that gain).
+TRACE_PARTS = 2
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -52,6 +57,8 @@ class ParallelROIAlign(ROIAlign):
     """detectron2's ``ROIAlign`` whose eager CPU inference spreads the boxes over threads."""
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        if torch.jit.is_tracing():
+            return self._forward_traced(input, rois)
         threads = torch.get_num_threads()
         if (
             not eager()  # first: the checks below would read sizes into a trace
@@ -69,6 +76,16 @@ class ParallelROIAlign(ROIAlign):
             for r in rois.split(self._balanced_sizes(rois, chunks))
         ]
         return torch.cat([p.result() for p in parts])
+
+    def _forward_traced(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        """Under ``torch.jit.trace``: the boxes in :data:`TRACE_PARTS` parts (``tensor_split``:
+        any box count, none included), each pooled in a TorchScript fork, which the trace runs
+        on the inter-op threads. Values and gradients as the plain kernel's."""
+        futures = [
+            torch.jit.fork(ROIAlign.forward, self, input, part)
+            for part in rois.tensor_split(TRACE_PARTS)
+        ]
+        return torch.cat([torch.jit.wait(f) for f in futures])
 
     def _balanced_sizes(self, rois: torch.Tensor, chunks: int) -> list[int]:
         """Consecutive chunk sizes of about equal work. With ``sampling_ratio`` 0 the kernel
