@@ -34,6 +34,10 @@ def add_gcnet_config(cfg: CN) -> CN:
     # CPU threads at eager inference (torchvision's CPU kernel uses one; same output bit for
     # bit; gcnet_d2.modeling.roi_align_parallel).
     cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = True
+    # CONV1X1_GEMM: 1x1 convs on large maps (backbone, FPN laterals, the mask predictor) run as
+    # one matrix product at inference (oneDNN's layout reorders cost more there; ~1e-6
+    # relative, as the fold; gcnet_d2.modeling.conv1x1_gemm). Needs FOLD_NORMS.
+    cfg.MODEL.GCNET.CONV1X1_GEMM = True
 
     # mmdetection parity outside the backbone (used by the table configs):
     # per-stage loss weights of MMDetCascadeROIHeads (mmdet stage_loss_weights).

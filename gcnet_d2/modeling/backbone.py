@@ -32,6 +32,7 @@ from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .context_block import validate_context_args
+from .conv1x1_gemm import set_conv1x1_gemm
 from .fpn import LeanFPN
 from .inference_fusion import enable_norm_folding
 from .inference_options import apply_inference_options
@@ -138,7 +139,8 @@ def make_gcnet_stages(
         in_channels: the stem's output width.
         out_channels: res2's output width (doubled at every later stage).
         device: as in :func:`make_gcnet_stem`.
-        fold_norms: as in :func:`make_gcnet_stem`.
+        fold_norms: as in :func:`make_gcnet_stem`; with it, 1x1 convs on large maps run as
+            matrix products at inference (``MODEL.GCNET.CONV1X1_GEMM``, :mod:`.conv1x1_gemm`).
 
     Raises:
         ValueError: naming the argument, for a depth, norm or GC / DCN option it cannot build.
@@ -197,7 +199,7 @@ def make_gcnet_stages(
         bottleneck_channels *= 2
     if fold_norms:
         for block in (b for stage in stages for b in stage):
-            enable_norm_folding(block)
+            set_conv1x1_gemm(enable_norm_folding(block), True)
     return stages
 
 

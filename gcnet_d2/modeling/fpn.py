@@ -19,10 +19,19 @@ import torch.nn.functional as F
 from detectron2.modeling.backbone import FPN
 
 from .context_block_fast import eager
+from .conv1x1_gemm import set_conv1x1_gemm
+from .inference_fusion import enable_norm_folding
 
 
 class LeanFPN(FPN):
-    """detectron2's ``FPN`` (same arguments, modules and state dict); see the module doc."""
+    """detectron2's ``FPN`` (same arguments, modules and state dict); see the module doc.
+    Its 1x1 lateral convs on large maps run as matrix products at inference
+    (:mod:`.conv1x1_gemm`; ``conv1x1_gemm=False`` or ``MODEL.GCNET.CONV1X1_GEMM`` off: not)."""
+
+    def __init__(self, *args: object, conv1x1_gemm: bool = True, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        for conv in self.lateral_convs:  # a list (registered as fpn_lateral*), no ModuleList
+            set_conv1x1_gemm(enable_norm_folding(conv), conv1x1_gemm)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if torch.is_grad_enabled() or not eager():

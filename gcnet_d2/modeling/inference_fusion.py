@@ -18,6 +18,9 @@ from the parameters inside the graph with the same operations: a trace, an expor
 or a compiled graph stays tied to the parameters, differentiable, free of data-dependent
 branches, and computes bit for bit the weights eager inference uses, so its outputs match
 eager's exactly.
+
+The same class runs 1x1 convolutions on large maps as matrix products where
+:mod:`.conv1x1_gemm` marks them (``MODEL.GCNET.CONV1X1_GEMM``), with or without a norm.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d
 from torch import nn
 
+from .conv1x1_gemm import conv1x1_as_gemm, gemm_applies
 from .norm import frozen_affine, has_frozen_affine
 
 
@@ -55,6 +59,8 @@ class NormFoldingConv2d(Conv2d):
 
     Not constructed directly: :func:`enable_norm_folding` switches existing modules to it.
     """
+
+    supports_gemm_1x1 = True  # reads the mark of :func:`.conv1x1_gemm.set_conv1x1_gemm`
 
     def can_fold(self, x: torch.Tensor) -> bool:
         return (
@@ -91,23 +97,37 @@ class NormFoldingConv2d(Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.can_fold(x):
+            if self.norm is None and _gemm_allowed() and gemm_applies(self, x):
+                return self._activate(conv1x1_as_gemm(x, self.weight, self.bias))
             return super().forward(x)
         if torch.is_grad_enabled() or _graph_is_recorded():
             weight, bias = self.fold()
         else:
             weight, bias = self.cached_fold()
+        if _gemm_allowed() and gemm_applies(self, x):
+            return self._activate(conv1x1_as_gemm(x, weight, bias))
         x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return self._activate(x)
+
+    def _activate(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.activation is None else self.activation(x)
+
+
+def _gemm_allowed() -> bool:
+    """1x1 convs as products (:mod:`.conv1x1_gemm`): eager inference and ``torch.jit.trace``;
+    not while a gradient is taken eagerly, compiled, exported or scripted."""
+    if torch.jit.is_tracing():
+        return True
+    return not torch.is_grad_enabled() and not _graph_is_recorded()
 
 
 def enable_norm_folding(model: nn.Module) -> nn.Module:
-    """Switch every detectron2 ``Conv2d`` with a norm in ``model`` to
-    :class:`NormFoldingConv2d`, in place; returns ``model``. Idempotent; state dict unchanged.
+    """Switch every detectron2 ``Conv2d`` with a norm in ``model``, and every 1x1 one (for
+    :mod:`.conv1x1_gemm`), to :class:`NormFoldingConv2d`, in place; returns ``model``.
+    Idempotent; state dict unchanged.
     """
     for module in model.modules():
-        if type(module) is Conv2d and module.norm is not None:
+        if type(module) is Conv2d and (module.norm is not None or module.kernel_size == (1, 1)):
             module.__class__ = NormFoldingConv2d
     return model
 

@@ -3,6 +3,9 @@
 * ``FOLD_NORMS`` (default on): frozen norms folded into their convolutions when that is the
   same function (inference: eval mode, no gradient, not traced / compiled / exported), see
   :mod:`gcnet_d2.modeling.inference_fusion`;
+* ``CONV1X1_GEMM`` (default on): 1x1 convolutions on large maps as matrix products at
+  inference (:mod:`gcnet_d2.modeling.conv1x1_gemm`; it acts through the fold's conv class, so
+  only with ``FOLD_NORMS``);
 * ``COMPILE`` (default off): a ``torch.compile`` backend name (``"inductor"``,
   ``"aot_eager"``, ...) with which the backbone (bottom-up and FPN) is compiled in place
   (``nn.Module.compile``: parameters and state-dict keys unchanged). The detector's heads stay
@@ -16,6 +19,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode
 from torch import nn
 
+from .conv1x1_gemm import set_conv1x1_gemm
 from .inference_fusion import disable_norm_folding, enable_norm_folding
 
 
@@ -23,6 +27,8 @@ def validate_inference_options(cfg: CfgNode) -> None:
     gc = cfg.MODEL.GCNET
     if not isinstance(gc.FOLD_NORMS, bool):
         raise ValueError(f"MODEL.GCNET.FOLD_NORMS must be true or false, got {gc.FOLD_NORMS!r}")
+    if not isinstance(gc.CONV1X1_GEMM, bool):
+        raise ValueError(f"MODEL.GCNET.CONV1X1_GEMM must be true or false, got {gc.CONV1X1_GEMM!r}")
     if not isinstance(gc.COMPILE, str):
         raise ValueError(
             f"MODEL.GCNET.COMPILE must be a torch.compile backend name or '' (off), "
@@ -47,6 +53,7 @@ def apply_inference_options(backbone: nn.Module, cfg: CfgNode, compile_: bool = 
         enable_norm_folding(backbone)
     else:
         disable_norm_folding(backbone)
+    set_conv1x1_gemm(backbone, gc.FOLD_NORMS and gc.CONV1X1_GEMM)
     if compile_ and gc.COMPILE:
         backbone.compile(backend=gc.COMPILE)
     return backbone
