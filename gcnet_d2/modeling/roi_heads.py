@@ -24,6 +24,7 @@ from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .assign import MaxIoUMatcher
 from .conv1x1_gemm import set_conv1x1_gemm
+from .indexed_masks import IndexedBitMasks
 from .inference_fusion import enable_norm_folding
 from .init import init_box_head_like_mmdet, init_mask_head_like_mmdet
 from .roi_align_parallel import parallel_roi_align_option, use_parallel_roi_align
@@ -42,6 +43,7 @@ def sample_with_gt_prepended(
     Returns the sampled RoIs, positives first, with ``proposal_boxes``, ``gt_classes``
     (``num_classes`` = background), every ``gt_*`` field of the matched GT, and
     ``proposal_is_gt`` (the row is one of the prepended GTs; cascade stages drop those).
+    Bitmap GT masks come as :class:`~.indexed_masks.IndexedBitMasks` (no per-RoI copies).
     """
     num_gt = len(targets)
     matched, labels = matcher(pairwise_iou(targets.gt_boxes, proposal_boxes))
@@ -62,9 +64,12 @@ def sample_with_gt_prepended(
     sampled.gt_classes = gt_classes[index]
     sampled.proposal_is_gt = index < num_gt
     if num_gt > 0:
+        rows = matched[index]
         for name, value in targets.get_fields().items():
             if name.startswith("gt_") and not sampled.has(name):
-                sampled.set(name, value[matched[index]])
+                if type(value) is BitMasks:  # indices into the GT bitmaps, not copies of them
+                    value = IndexedBitMasks(value.tensor, torch.arange(num_gt, device=device))
+                sampled.set(name, value[rows])
     return sampled
 
 
