@@ -105,6 +105,18 @@ def add_gcnet_config(cfg: CN) -> CN:
     return cfg
 
 
+#: Overrides that turn the table configs' training components into Detectron2's stock ones
+#: (README "Remaining differences": each key off is Detectron2's behaviour).
+DETECTRON2_TRAINING_COMPONENTS = {
+    "MODEL.PROPOSAL_GENERATOR.NAME": "RPN",
+    "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
+    "MODEL.MMDET_TRAIN.RPN_MAX_IOU_ASSIGNER": False,
+    "MODEL.MMDET_TRAIN.RPN_VALID_ANCHORS": False,
+    "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER": False,
+    "MODEL.MMDET_TRAIN.HEAD_INIT": "detectron2",
+    "INPUT.MASK_FORMAT": "polygon",
+    "INPUT.MASK_RASTER": "detectron2",
+}
 MASK_PAD_MODES = ("image", "batch")
 _MMDET_ROI_HEADS = ("MMDetROIHeads", "MMDetCascadeROIHeads")
 _FPN_BACKBONES = ("build_gcnet_resnet_fpn_backbone", "build_gcnet_retinanet_resnet_fpn_backbone")

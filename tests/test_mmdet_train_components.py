@@ -13,6 +13,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 import gcnet_d2
+from gcnet_d2.config import DETECTRON2_TRAINING_COMPONENTS
 from gcnet_d2.modeling import MaxIoUMatcher
 from gcnet_d2.modeling.roi_heads import sample_with_gt_prepended
 from gcnet_d2.modeling.rpn import valid_anchor_mask
@@ -189,14 +190,8 @@ def test_cascade_stages_resample_without_gt_rows(monkeypatch):
 
 
 def test_switches_off_give_detectron2s_training():
-    off = {
-        "MODEL.PROPOSAL_GENERATOR.NAME": "RPN",
-        "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
-        "MODEL.MMDET_TRAIN.RPN_MAX_IOU_ASSIGNER": False,
-        "MODEL.MMDET_TRAIN.RPN_VALID_ANCHORS": False,
-        "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER": False,
-        "MODEL.MMDET_TRAIN.HEAD_INIT": "detectron2",
-    }
+    off = {k: v for k, v in DETECTRON2_TRAINING_COMPONENTS.items() if k.startswith("MODEL.")}
+    assert len(off) == 6
     torch.manual_seed(0)
     stock = build_model(_cfg(**off))
     torch.manual_seed(0)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks
-from detectron2.utils.events import EventStorage
 from torch import nn
 
 import gcnet_d2
+from gcnet_d2.config import DETECTRON2_TRAINING_COMPONENTS
 from gcnet_d2.data.mapper import pad_bitmasks, rasterize_segmentation
 
 from .fixtures import (
@@ -31,32 +31,18 @@ from .fixtures import (
     randomize_context_blocks,
     training_inputs,
 )
-from .memory import measure_peak_memory
 from .report import make_row, print_row
-from .sections import Settings
+from .sections import Settings, peak_memory_of_steps, training_steps
 from .timing import Timer
 
 MMDET, D2 = "mmdetection components", "Detectron2 components"
-
-#: The table config's training components switched to Detectron2's own (README "Remaining
-#: differences": each key off is Detectron2's behaviour).
-D2_COMPONENTS = {
-    "MODEL.PROPOSAL_GENERATOR.NAME": "RPN",
-    "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
-    "MODEL.MMDET_TRAIN.RPN_MAX_IOU_ASSIGNER": False,
-    "MODEL.MMDET_TRAIN.RPN_VALID_ANCHORS": False,
-    "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER": False,
-    "MODEL.MMDET_TRAIN.HEAD_INIT": "detectron2",
-    "INPUT.MASK_FORMAT": "polygon",
-    "INPUT.MASK_RASTER": "detectron2",
-}
 
 
 def recipe_model(components: str, device: torch.device) -> nn.Module:
     """The R-50 GC r16 Mask R-CNN with the named training components, in train mode."""
     cfg = gcnet_d2.get_config(CONFIGS["r50"][R16])
     if components == D2:
-        cfg.merge_from_list([x for item in D2_COMPONENTS.items() for x in item])
+        cfg.merge_from_list([x for item in DETECTRON2_TRAINING_COMPONENTS.items() for x in item])
     cfg.MODEL.DEVICE = str(device)
     return build_model(cfg).to(device).train()
 
@@ -98,32 +84,9 @@ def section_recipe(s: Settings, timer: Timer) -> list[dict]:
         D2: recipe_inputs(sizes, s.device, bitmasks=False),
         MMDET: recipe_inputs(sizes, s.device, bitmasks=True),
     }
-    steps = {}
-    for name, model in models.items():
-        opt = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
-        )
-
-        def step(
-            model: nn.Module = model, opt: torch.optim.Optimizer = opt, batch: list = batches[name]
-        ) -> None:
-            torch.manual_seed(3)  # the same proposal / RoI sampling every time
-            opt.zero_grad(set_to_none=True)
-            with EventStorage(0):
-                losses = model(batch)
-            sum(losses.values()).backward()
-            opt.step()
-
-        steps[name] = step
-    memory = {}
-    for name, step in steps.items():
-        step()  # warm-up: optimizer state, allocator
-        memory[name] = measure_peak_memory(step, s.device, rss=not s.quick)
+    steps = training_steps(models, batches)
+    memory = peak_memory_of_steps(steps, D2, s)
     res = timer.compare(steps, D2, s.rounds(7, 1), warmup=0, min_sample_s=0.0)
-    for key in list(memory[MMDET]):
-        a, b = memory[MMDET][key], memory[D2][key]
-        if a is not None and b:
-            memory[MMDET][key.replace("_bytes", "_ratio")] = a / b
     shape = " + ".join(f"{h}x{w}" for h, w in sizes)
     row = make_row("training components, GC r16 Mask R-CNN", shape, 2, res, D2, memory=memory)
     print_row(row)

@@ -9,6 +9,7 @@ from functools import partial
 
 import torch
 from detectron2.modeling.backbone.resnet import BottleneckBlock
+from detectron2.utils.events import EventStorage
 from torch import nn
 
 from gcnet_d2.modeling import (
@@ -191,14 +192,24 @@ def section_model(s: Settings, timer: Timer) -> list[dict]:
 
 
 def section_train(s: Settings, timer: Timer) -> list[dict]:
-    from detectron2.utils.events import EventStorage
-
     torch.manual_seed(0)
     models = build_models(s.device, s.train_image, (PLAIN, R16) if s.quick else (PLAIN, R16, R4))
     if s.quick:  # smoke-test size: fewer sampled ROIs (the recipe samples 512 per image)
         for m in models.values():
             m.roi_heads.batch_size_per_image = 128
     batch = training_inputs(s.train_image, s.device)
+    steps = training_steps(models, dict.fromkeys(models, batch))
+    memory = peak_memory_of_steps(steps, PLAIN, s)
+    res = timer.compare(steps, PLAIN, s.rounds(5, 1), warmup=0, min_sample_s=0.0)
+    h, w = s.train_image
+    row = _row(f"training iteration, 2 images {h}x{w}", "", 2, res, PLAIN, memory=memory)
+    _print_row(row)
+    return [row]
+
+
+def training_steps(models: dict[str, nn.Module], batches: dict[str, list]) -> dict:
+    """Per model, a call that runs one SGD training step on its batch (train mode), with the
+    same proposal / RoI sampling every time."""
     steps = {}
     for name, model in models.items():
         model.train()
@@ -206,8 +217,10 @@ def section_train(s: Settings, timer: Timer) -> list[dict]:
             [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
         )
 
-        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
-            torch.manual_seed(3)  # the same proposal / ROI sampling every time
+        def step(
+            model: nn.Module = model, opt: torch.optim.Optimizer = opt, batch: list = batches[name]
+        ) -> None:
+            torch.manual_seed(3)
             opt.zero_grad(set_to_none=True)
             with EventStorage(0):
                 losses = model(batch)
@@ -215,20 +228,21 @@ def section_train(s: Settings, timer: Timer) -> list[dict]:
             opt.step()
 
         steps[name] = step
+    return steps
+
+
+def peak_memory_of_steps(steps: dict, base: str, s: Settings) -> dict:
+    """Each step warmed up once (optimizer state, allocator), then its peak memory, with
+    ``*_ratio`` entries relative to ``base``'s."""
     memory = {}
     for name, step in steps.items():
-        step()  # warm-up: optimizer state, allocator
+        step()
         memory[name] = measure_peak_memory(step, s.device, rss=not s.quick)
-    res = timer.compare(steps, PLAIN, s.rounds(5, 1), warmup=0, min_sample_s=0.0)
-    base = memory[PLAIN]
     for mem in memory.values():
         for key in list(mem):
-            if mem[key] is not None and base.get(key):
-                mem[key.replace("_bytes", "_ratio")] = mem[key] / base[key]
-    h, w = s.train_image
-    row = _row(f"training iteration, 2 images {h}x{w}", "", 2, res, PLAIN, memory=memory)
-    _print_row(row)
-    return [row]
+            if mem[key] is not None and memory[base].get(key):
+                mem[key.replace("_bytes", "_ratio")] = mem[key] / memory[base][key]
+    return memory
 
 
 def _fwd_bwd(
