@@ -113,11 +113,3 @@ def test_trace_runs_the_product_with_symbolic_sizes():
         assert "aten::baddbmm" in str(traced.graph)
         x2 = torch.randn(2, 8, 120, 130)  # other batch and size
         torch.testing.assert_close(traced(x2), F.conv2d(x2, conv.weight, conv.bias))
-
-
-def test_bad_option_names_the_key():
-    cfg = gcnet_d2.get_config("gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.GCNET.CONV1X1_GEMM = "on"
-    with pytest.raises(ValueError, match="MODEL.GCNET.CONV1X1_GEMM"):
-        build_model(cfg)

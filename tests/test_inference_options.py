@@ -55,6 +55,8 @@ def test_compiled_backbone_matches_eager():
         ("COMPILE", "no_such_backend", "MODEL.GCNET.COMPILE: unknown torch.compile backend"),
         ("COMPILE", 1, "MODEL.GCNET.COMPILE must be"),
         ("FOLD_NORMS", "yes", "MODEL.GCNET.FOLD_NORMS must be"),
+        ("CONV1X1_GEMM", "on", "MODEL.GCNET.CONV1X1_GEMM must be"),
+        ("PARALLEL_ROI_ALIGN", "yes", "MODEL.GCNET.PARALLEL_ROI_ALIGN must be"),
     ],
 )
 def test_bad_option_names_its_key(key, value, match):

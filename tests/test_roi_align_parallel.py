@@ -153,11 +153,3 @@ def test_detector_detections_equal_with_and_without(row, two_threads, pool_calls
     assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
     assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_masks, b.pred_masks)
     assert isinstance(a.pred_boxes, Boxes)
-
-
-def test_bad_option_names_the_key():
-    cfg = gcnet_d2.get_config("gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = "yes"
-    with pytest.raises(ValueError, match="MODEL.GCNET.PARALLEL_ROI_ALIGN"):
-        build_model(cfg)

@@ -35,10 +35,8 @@ from torch import nn
 
 from ..config import validate_mmdet_train_config
 from ..registry import register_once
-from .conv1x1_gemm import set_conv1x1_gemm
-from .inference_fusion import enable_norm_folding
+from .inference_options import apply_roi_heads_options, roi_heads_options
 from .init import init_box_head_like_mmdet, init_mask_head_like_mmdet
-from .roi_align_parallel import parallel_roi_align_option, use_parallel_roi_align
 from .roi_heads import (
     log_sample_sizes,
     mmdet_roi_matcher,
@@ -65,11 +63,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        if parallel_roi_align:
-            use_parallel_roi_align(self.box_pooler)
-            use_parallel_roi_align(getattr(self, "mask_pooler", None))
-        if getattr(self, "mask_head", None) is not None:  # its 1x1 logits conv on 28x28 RoIs
-            set_conv1x1_gemm(enable_norm_folding(self.mask_head), conv1x1_gemm)
+        apply_roi_heads_options(self, parallel_roi_align, conv1x1_gemm)
         if cascade_resample and not mmdet_sampling:
             raise ValueError("cascade_resample needs mmdet_sampling (GT rows are dropped)")
         self.mmdet_sampling = bool(mmdet_sampling)
@@ -96,8 +90,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
         ret["cascade_resample"] = t.CASCADE_RESAMPLE
         ret["mask_pad"] = t.MASK_PAD
-        ret["parallel_roi_align"] = parallel_roi_align_option(cfg)
-        ret["conv1x1_gemm"] = bool(cfg.MODEL.GCNET.CONV1X1_GEMM and cfg.MODEL.GCNET.FOLD_NORMS)
+        ret.update(roi_heads_options(cfg))
         if t.HEAD_INIT == "mmdet":
             for head in ret["box_heads"]:
                 init_box_head_like_mmdet(head)

@@ -21,14 +21,23 @@ from torch import nn
 
 from .conv1x1_gemm import set_conv1x1_gemm
 from .inference_fusion import disable_norm_folding, enable_norm_folding
+from .roi_align_parallel import use_parallel_roi_align
+
+FLAGS = ("FOLD_NORMS", "CONV1X1_GEMM", "PARALLEL_ROI_ALIGN")
+
+
+def flag(cfg: CfgNode, key: str) -> bool:
+    """``MODEL.GCNET.<key>``, which must be a bool (the error names the key)."""
+    value = cfg.MODEL.GCNET[key]
+    if not isinstance(value, bool):
+        raise ValueError(f"MODEL.GCNET.{key} must be true or false, got {value!r}")
+    return value
 
 
 def validate_inference_options(cfg: CfgNode) -> None:
     gc = cfg.MODEL.GCNET
-    if not isinstance(gc.FOLD_NORMS, bool):
-        raise ValueError(f"MODEL.GCNET.FOLD_NORMS must be true or false, got {gc.FOLD_NORMS!r}")
-    if not isinstance(gc.CONV1X1_GEMM, bool):
-        raise ValueError(f"MODEL.GCNET.CONV1X1_GEMM must be true or false, got {gc.CONV1X1_GEMM!r}")
+    for key in FLAGS:
+        flag(cfg, key)
     if not isinstance(gc.COMPILE, str):
         raise ValueError(
             f"MODEL.GCNET.COMPILE must be a torch.compile backend name or '' (off), "
@@ -59,4 +68,29 @@ def apply_inference_options(backbone: nn.Module, cfg: CfgNode, compile_: bool = 
     return backbone
 
 
-__all__ = ["apply_inference_options", "validate_inference_options"]
+def roi_heads_options(cfg: CfgNode) -> dict[str, bool]:
+    """The RoI heads' share of the options: ``PARALLEL_ROI_ALIGN`` and, with the fold,
+    ``CONV1X1_GEMM`` (the mask logits), as keyword arguments of gcnet_d2's RoI heads."""
+    return {
+        "parallel_roi_align": flag(cfg, "PARALLEL_ROI_ALIGN"),
+        "conv1x1_gemm": flag(cfg, "FOLD_NORMS") and flag(cfg, "CONV1X1_GEMM"),
+    }
+
+
+def apply_roi_heads_options(heads: nn.Module, parallel_roi_align: bool, conv1x1_gemm: bool) -> None:
+    """Threaded RoIAlign in the box / mask poolers and the mask head's 1x1 logits as a product
+    (:mod:`.roi_align_parallel`, :mod:`.conv1x1_gemm`), in place on detectron2-style heads."""
+    if parallel_roi_align:
+        use_parallel_roi_align(heads.box_pooler)
+        use_parallel_roi_align(getattr(heads, "mask_pooler", None))
+    if getattr(heads, "mask_head", None) is not None:
+        set_conv1x1_gemm(enable_norm_folding(heads.mask_head), conv1x1_gemm)
+
+
+__all__ = [
+    "apply_inference_options",
+    "apply_roi_heads_options",
+    "flag",
+    "roi_heads_options",
+    "validate_inference_options",
+]

@@ -121,22 +121,12 @@ def use_parallel_roi_align(pooler: ROIPooler | None) -> ROIPooler | None:
     return pooler
 
 
-def parallel_roi_align_option(cfg) -> bool:  # noqa: ANN001 - a detectron2 CfgNode
-    """``MODEL.GCNET.PARALLEL_ROI_ALIGN``, checked (on when the key is absent)."""
-    gc = cfg.MODEL.get("GCNET")
-    value = True if gc is None else gc.get("PARALLEL_ROI_ALIGN", True)
-    if not isinstance(value, bool):
-        raise ValueError(f"MODEL.GCNET.PARALLEL_ROI_ALIGN must be true or false, got {value!r}")
-    return value
-
-
 def uses_parallel_roi_align(module: nn.Module) -> bool:
     return any(isinstance(m, ParallelROIAlign) for m in module.modules())
 
 
 __all__ = [
     "ParallelROIAlign",
-    "parallel_roi_align_option",
     "use_parallel_roi_align",
     "uses_parallel_roi_align",
 ]

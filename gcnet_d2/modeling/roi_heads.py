@@ -23,11 +23,9 @@ from detectron2.utils.events import get_event_storage
 from ..config import validate_mmdet_train_config
 from ..registry import register_once
 from .assign import MaxIoUMatcher
-from .conv1x1_gemm import set_conv1x1_gemm
 from .indexed_masks import IndexedBitMasks
-from .inference_fusion import enable_norm_folding
+from .inference_options import apply_roi_heads_options, roi_heads_options
 from .init import init_box_head_like_mmdet, init_mask_head_like_mmdet
-from .roi_align_parallel import parallel_roi_align_option, use_parallel_roi_align
 
 
 def sample_with_gt_prepended(
@@ -130,11 +128,7 @@ class MMDetROIHeads(StandardROIHeads):
         super().__init__(**kwargs)
         self.mmdet_sampling = bool(mmdet_sampling)
         self.mask_pad = mask_pad
-        if parallel_roi_align:
-            use_parallel_roi_align(self.box_pooler)
-            use_parallel_roi_align(getattr(self, "mask_pooler", None))
-        if getattr(self, "mask_head", None) is not None:  # its 1x1 logits conv on 28x28 RoIs
-            set_conv1x1_gemm(enable_norm_folding(self.mask_head), conv1x1_gemm)
+        apply_roi_heads_options(self, parallel_roi_align, conv1x1_gemm)
 
     @classmethod
     def from_config(cls, cfg, input_shape):  # noqa: ANN001, ANN206 - detectron2 signature
@@ -147,8 +141,7 @@ class MMDetROIHeads(StandardROIHeads):
             )
         ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
         ret["mask_pad"] = t.MASK_PAD
-        ret["parallel_roi_align"] = parallel_roi_align_option(cfg)
-        ret["conv1x1_gemm"] = bool(cfg.MODEL.GCNET.CONV1X1_GEMM and cfg.MODEL.GCNET.FOLD_NORMS)
+        ret.update(roi_heads_options(cfg))
         if t.HEAD_INIT == "mmdet":
             init_box_head_like_mmdet(ret["box_head"])
             if ret.get("mask_head") is not None:
