@@ -31,8 +31,9 @@ def add_gcnet_config(cfg: CN) -> CN:
     cfg.MODEL.GCNET.FOLD_NORMS = True
     cfg.MODEL.GCNET.COMPILE = ""
     # PARALLEL_ROI_ALIGN: gcnet_d2's RoI heads spread the boxes of each RoIAlign call over the
-    # CPU threads at eager inference (torchvision's CPU kernel uses one; same output bit for
-    # bit; gcnet_d2.modeling.roi_align_parallel).
+    # CPU threads in eager mode (torchvision's CPU kernels use one): inference output bit for
+    # bit; in training also the backward pass, whose gradient is the serial one up to float
+    # rounding (gcnet_d2.modeling.roi_align_parallel).
     cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = True
     # CONV1X1_GEMM: 1x1 convs on large maps (backbone, FPN laterals, the mask predictor) run as
     # one matrix product at inference (oneDNN's layout reorders cost more there; ~1e-6

@@ -1,5 +1,6 @@
 """ParallelROIAlign: the same tensor as detectron2's ROIAlign, bit for bit, on the paths
-that take threads (eager CPU inference) and the plain path everywhere else."""
+that take threads (eager CPU inference and training), the same gradient up to float rounding
+in training, and the plain path everywhere else."""
 
 from __future__ import annotations
 
@@ -62,15 +63,36 @@ def test_threaded_inference_equals_roi_align_bit_for_bit(two_threads, pool_calls
     assert torch.equal(got, expected)
 
 
-def test_plain_path_when_a_gradient_is_needed_or_too_few_boxes(two_threads, pool_calls):
+@pytest.mark.parametrize("aligned", [True, False])
+def test_threaded_training_matches_roi_align_values_and_gradient(two_threads, pool_calls, aligned):
+    """With a gradient: forward bit for bit, backward = the serial kernel's gradient up to the
+    order of the float additions (each chunk's gradient is summed into the feature map)."""
+    x, rois = _inputs()
+    plain = ROIAlign((14, 14), 0.25, 0, aligned)
+    fast = ParallelROIAlign((14, 14), 0.25, 0, aligned)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    grad = torch.randn(rois.shape[0], 8, 14, 14, generator=torch.Generator().manual_seed(1))
+    expected, got = plain(x1, rois), fast(x2, rois)
+    expected.backward(grad)
+    got.backward(grad)
+    assert pool_calls == [2, 2]  # forward and backward went through the threads
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-5)
+    assert x1.grad.abs().sum() > 0
+
+
+def test_plain_path_with_too_few_boxes_or_one_thread(pool_calls):
     x, rois = _inputs()
     fast = ParallelROIAlign((7, 7), 0.25, 0, True)
-    x.requires_grad_(True)
-    out = fast(x, rois)
-    out.sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    with torch.no_grad():
-        fast(x.detach(), rois[: 2 * roi_align_parallel.MIN_BOXES_PER_THREAD - 1])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            fast(x, rois[: 2 * roi_align_parallel.MIN_BOXES_PER_THREAD - 1])
+        torch.set_num_threads(1)
+        fast(x.requires_grad_(True), rois).sum().backward()
+    finally:
+        torch.set_num_threads(before)
     assert pool_calls == []
 
 

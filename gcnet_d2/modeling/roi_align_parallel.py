@@ -1,4 +1,4 @@
-"""RoIAlign over several CPU threads at inference: the same kernel, on chunks of the boxes.
+"""RoIAlign over several CPU threads: the same kernels, on chunks of the boxes.
 
 torchvision's CPU ``roi_align`` kernel loops over the boxes on one thread, whatever
 ``torch.get_num_threads()`` says; in a Mask R-CNN at 800x1333 on the CPU it is the largest
@@ -8,9 +8,14 @@ chunk per thread and running the unchanged kernel on each chunk in a worker thre
 releases the GIL) gives the same tensor bit for bit. Figures: docs/benchmark.md.
 
 Eager CPU inference takes this path (no gradient needed, more than one thread, enough boxes
-to share out). A ``torch.jit.trace`` records the same split as TorchScript forks, so exported
-TorchScript models pool in parallel too (any box count, gradients flow). Scripting,
-``torch.compile`` and ``torch.export`` (and so ONNX) call the plain ``ROIAlign.forward``.
+to share out). Eager CPU training does too, for the backward pass, where the kernel is as
+serial and costs more (it scatters every bin's samples back into the feature map): each chunk's
+gradient is computed by torchvision's own backward kernel in a worker thread and the chunks'
+feature-map gradients are summed (the same terms, added in another order: equal to the serial
+gradient up to float rounding). A ``torch.jit.trace`` records the same split as TorchScript
+forks, so exported TorchScript models pool in parallel too (any box count, gradients flow).
+Scripting, ``torch.compile`` and ``torch.export`` (and so ONNX) call the plain
+``ROIAlign.forward``.
 ``MODEL.GCNET.PARALLEL_ROI_ALIGN`` switches it (gcnet_d2's RoI heads).
 """
 
@@ -23,6 +28,7 @@ import torch
 from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 from .context_block_fast import eager
@@ -53,8 +59,49 @@ def _pool_chunk(align: ROIAlign, input: torch.Tensor, rois: torch.Tensor, infere
         return ROIAlign.forward(align, input, rois)
 
 
+def _backward_chunk(
+    align: ROIAlign, grad: torch.Tensor, rois: torch.Tensor, shape: torch.Size
+) -> torch.Tensor:
+    h, w = _pair(align.output_size)
+    return torch.ops.torchvision._roi_align_backward(
+        grad, rois, align.spatial_scale, h, w, *shape, align.sampling_ratio, align.aligned
+    )
+
+
+class _ParallelROIAlignFunction(torch.autograd.Function):
+    """RoIAlign whose forward and backward run on chunks of the boxes in worker threads.
+    The boxes get no gradient (torchvision's RoIAlign gives them none either)."""
+
+    @staticmethod
+    def forward(  # noqa: ANN205
+        ctx,  # noqa: ANN001
+        input: torch.Tensor,  # noqa: A002
+        rois: torch.Tensor,
+        align: ParallelROIAlign,
+        sizes: list[int],
+    ):
+        ctx.save_for_backward(rois)
+        ctx.align, ctx.sizes, ctx.shape = align, sizes, input.shape
+        return align._pooled_in_threads(input, rois, sizes)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        (rois,) = ctx.saved_tensors
+        pool = _executor(len(ctx.sizes))
+        parts = [
+            pool.submit(_backward_chunk, ctx.align, g.contiguous(), r, ctx.shape)
+            for g, r in zip(grad.split(ctx.sizes), rois.split(ctx.sizes), strict=True)
+        ]
+        grad_input = parts[0].result()
+        for p in parts[1:]:
+            grad_input += p.result()
+        return grad_input, None, None, None
+
+
 class ParallelROIAlign(ROIAlign):
-    """detectron2's ``ROIAlign`` whose eager CPU inference spreads the boxes over threads."""
+    """detectron2's ``ROIAlign`` whose eager CPU inference and training backward spread the
+    boxes over threads."""
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:  # noqa: A002
         if torch.jit.is_tracing():
@@ -65,16 +112,23 @@ class ParallelROIAlign(ROIAlign):
             or threads < 2
             or input.device.type != "cpu"
             or rois.shape[0] < 2 * MIN_BOXES_PER_THREAD
-            or (torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad))
+            or input.is_quantized
         ):
             return super().forward(input, rois)
-        chunks = min(threads, rois.shape[0] // MIN_BOXES_PER_THREAD)
-        pool = _executor(chunks)
+        sizes = self._balanced_sizes(rois, min(threads, rois.shape[0] // MIN_BOXES_PER_THREAD))
+        if torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad):
+            return _ParallelROIAlignFunction.apply(input, rois.to(dtype=input.dtype), self, sizes)
+        return self._pooled_in_threads(input, rois, sizes)
+
+    def _pooled_in_threads(
+        self,
+        input: torch.Tensor,  # noqa: A002
+        rois: torch.Tensor,
+        sizes: list[int],
+    ) -> torch.Tensor:
+        pool = _executor(len(sizes))
         inference = torch.is_inference_mode_enabled()
-        parts = [
-            pool.submit(_pool_chunk, self, input, r, inference)
-            for r in rois.split(self._balanced_sizes(rois, chunks))
-        ]
+        parts = [pool.submit(_pool_chunk, self, input, r, inference) for r in rois.split(sizes)]
         return torch.cat([p.result() for p in parts])
 
     def _forward_traced(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:  # noqa: A002
