@@ -81,18 +81,13 @@ def test_threaded_training_matches_roi_align_values_and_gradient(two_threads, po
     assert x1.grad.abs().sum() > 0
 
 
-def test_plain_path_with_too_few_boxes_or_one_thread(pool_calls):
+def test_plain_path_with_too_few_boxes_or_one_thread(two_threads, pool_calls):
     x, rois = _inputs()
     fast = ParallelROIAlign((7, 7), 0.25, 0, True)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with torch.no_grad():
-            fast(x, rois[: 2 * roi_align_parallel.MIN_BOXES_PER_THREAD - 1])
-        torch.set_num_threads(1)
-        fast(x.requires_grad_(True), rois).sum().backward()
-    finally:
-        torch.set_num_threads(before)
+    with torch.no_grad():
+        fast(x, rois[: 2 * roi_align_parallel.MIN_BOXES_PER_THREAD - 1])
+    torch.set_num_threads(1)  # two_threads restores the count
+    fast(x.requires_grad_(True), rois).sum().backward()
     assert pool_calls == []
 
 

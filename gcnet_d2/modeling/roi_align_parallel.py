@@ -112,7 +112,6 @@ class ParallelROIAlign(ROIAlign):
             or threads < 2
             or input.device.type != "cpu"
             or rois.shape[0] < 2 * MIN_BOXES_PER_THREAD
-            or input.is_quantized
         ):
             return super().forward(input, rois)
         sizes = self._balanced_sizes(rois, min(threads, rois.shape[0] // MIN_BOXES_PER_THREAD))
