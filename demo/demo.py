@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from gcnet_d2 import GCNetPredictor
 from gcnet_d2.config_loading import load_config
+from gcnet_d2.errors import KNOWN_ERRORS, one_line
 from gcnet_d2.io import atomic_write_bytes
 
 logger = logging.getLogger("gcnet_d2.demo")
@@ -58,6 +59,12 @@ _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 class DemoError(Exception):
     """A problem with the user's inputs, reported as one line and a non-zero exit status."""
+
+
+#: Errors reported as one ``demo.py: error: ...`` line and exit status 2: the demo's own and
+#: gcnet_d2's (bad config or override, unreadable or mismatched checkpoint, ...), whose
+#: messages name the file or key and the problem. Anything else keeps its traceback.
+REPORTED_ERRORS: tuple[type[BaseException], ...] = (DemoError, *KNOWN_ERRORS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,13 +253,16 @@ def make_montage(images: Sequence[np.ndarray], cols: int, tile_width: int) -> np
 
 
 def build_predictor(cfg: CfgNode) -> GCNetPredictor:
-    """:class:`gcnet_d2.GCNetPredictor` (resizes as evaluation does); weight errors as DemoError."""
+    """:class:`gcnet_d2.GCNetPredictor` (resizes as evaluation does). gcnet_d2's checkpoint
+    errors pass unchanged (they name the file); other weight errors become DemoError."""
     if not cfg.MODEL.WEIGHTS:
         raise DemoError(
             "MODEL.WEIGHTS is empty: append `MODEL.WEIGHTS <checkpoint>` to the command"
         )
     try:
         return GCNetPredictor(cfg)
+    except KNOWN_ERRORS:
+        raise
     except (OSError, RuntimeError, AssertionError) as e:
         raise DemoError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: {e}") from None
 
@@ -352,14 +362,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0: all written, 1: unreadable images, 2: usage)."""
+    """Entry point; returns the exit status: 0 all written, 1 unreadable images, 2 a usage,
+    config or checkpoint error (:data:`REPORTED_ERRORS`), printed as one
+    ``demo.py: error: ...`` line on stderr. Other exceptions propagate with their traceback."""
     args = get_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except DemoError as e:
-        print(f"demo: error: {e}", file=sys.stderr)
+    except REPORTED_ERRORS as e:
+        print(f"demo.py: error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,92 @@ def test_input_errors_name_the_input(setup: dict, tmp_path: Path, capsys) -> Non
     assert demo.main(argv) == 2  # the quick-start config has no weights of its own
     assert "MODEL.WEIGHTS is empty" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def one_error_line(err: str) -> str:
+    """The single ``demo.py: error: ...`` line of ``err``, which must hold no traceback."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if "error" in ln.lower()]
+    assert len(lines) == 1 and lines[0].startswith("demo.py: error: "), err
+    return lines[0]
+
+
+def test_config_errors_one_line_exit_2(setup: dict, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A bad override or an unknown key (gcnet_d2's ConfigError): one line naming the key,
+    exit status 2, nothing written; also through the script's ``__main__``."""
+    out = tmp_path / "o"
+    argv = [*setup["args"], "--input", str(setup["val"]), "--output", str(out), *setup["opts"]]
+    cases = {
+        ("MODEL.RESNETS.DEPTH", "51"): ("MODEL.RESNETS.DEPTH", "51", "command-line overrides"),
+        ("MODEL.NO_SUCH_KEY", "1"): ("command-line override", "MODEL.NO_SUCH_KEY"),
+    }
+    for override, named in cases.items():
+        assert demo.main([*argv, *override]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert all(n in line for n in named), line
+    assert not out.exists()
+
+    monkeypatch.setattr("sys.argv", [str(DEMO), *argv, "MODEL.RESNETS.DEPTH", "51"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(DEMO), run_name="__main__")
+    assert e.value.code == 2
+    assert "MODEL.RESNETS.DEPTH" in one_error_line(capsys.readouterr().err)
+
+
+def write_mmdet_r101_checkpoint(path: Path, num_classes: int = 3) -> None:
+    """An mmdetection detector checkpoint (``state_dict`` + ``meta``, mmdetection's key names)
+    of another architecture than the quick-start model's: a narrow ResNet-101 Mask R-CNN
+    (23 res4 blocks) without GC blocks. Small: widths 8 to 64, convolution weights only."""
+    sd: dict[str, torch.Tensor] = {"backbone.conv1.weight": torch.zeros(8, 3, 7, 7)}
+    in_ch = 8
+    stages = zip((3, 4, 23, 3), (8, 16, 32, 64), strict=True)  # res4: 23 blocks, ResNet-101
+    for stage, (blocks, width) in enumerate(stages, start=1):
+        for i in range(blocks):
+            p = f"backbone.layer{stage}.{i}."
+            sd[p + "conv1.weight"] = torch.zeros(width, in_ch, 1, 1)
+            sd[p + "conv2.weight"] = torch.zeros(width, width, 3, 3)
+            sd[p + "conv3.weight"] = torch.zeros(4 * width, width, 1, 1)
+            if i == 0:
+                sd[p + "downsample.0.weight"] = torch.zeros(4 * width, in_ch, 1, 1)
+            in_ch = 4 * width
+    sd["neck.lateral_convs.0.conv.weight"] = torch.zeros(32, 32, 1, 1)
+    sd["rpn_head.rpn_conv.weight"] = torch.zeros(32, 32, 3, 3)
+    sd["roi_head.bbox_head.fc_cls.weight"] = torch.zeros(num_classes + 1, 64)
+    sd["roi_head.mask_head.conv_logits.weight"] = torch.zeros(num_classes, 32, 1, 1)
+    torch.save({"state_dict": sd, "meta": {"CLASSES": list(SYNTHETIC_CLASSES)}}, path)
+
+
+def test_checkpoint_of_another_architecture_one_line_exit_2(
+    setup: dict, tmp_path: Path, capsys
+) -> None:
+    """A checkpoint written for another architecture (gcnet_d2's CheckpointMismatchError)
+    and a missing checkpoint (CheckpointLoadError): one line naming the file and the
+    problem, exit status 2, nothing written."""
+    ckpt = tmp_path / "r101.pth"
+    write_mmdet_r101_checkpoint(ckpt)
+    out = tmp_path / "o"
+    argv = [*setup["args"], "--input", str(setup["val"]), "--output", str(out), *setup["opts"]]
+    assert demo.main([*argv, "MODEL.WEIGHTS", str(ckpt)]) == 2  # the last MODEL.WEIGHTS wins
+    line = one_error_line(capsys.readouterr().err)
+    assert str(ckpt) in line and "ResNet-101" in line, line
+    assert "depth: checkpoint 101, model 50" in line, line
+    missing = tmp_path / "missing.pth"
+    assert demo.main([*argv, "MODEL.WEIGHTS", str(missing)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"checkpoint {missing}: no such file" in line, line
+    assert not out.exists()
+
+
+def test_unexpected_errors_keep_their_traceback(setup: dict, tmp_path: Path, monkeypatch) -> None:
+    """Only the known errors become one line: a bug still raises (with its traceback)."""
+
+    def broken_predictor(cfg):  # noqa: ANN001, ANN202
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(demo, "GCNetPredictor", broken_predictor)
+    argv = [*setup["args"], "--input", str(setup["val"]), "--output", str(tmp_path / "o")]
+    with pytest.raises(KeyError, match="a bug"):
+        demo.main([*argv, *setup["opts"]])
 
 
 def test_expand_inputs_folders_globs_and_repeats(tmp_path: Path) -> None:

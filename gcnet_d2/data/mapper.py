@@ -9,7 +9,8 @@ of ``Pad`` / ``DetDataPreprocessor(pad_mask=True)``) instead
 1. rasterises the polygons (or RLE) at the *original* image size (``pycocotools``),
 2. resizes that bitmap with nearest-neighbour interpolation (``cv2.INTER_NEAREST``) and flips
    it with the image,
-3. pads it with zeros at the bottom/right to a multiple of 32, like the image,
+3. pads it with zeros at the bottom/right to a multiple of 32 (``pad_size_divisor``; here
+   ``MODEL.MMDET_TRAIN.PAD_SIZE_DIVISOR``), like the image,
 
 and the mask head's target for a positive RoI is RoIAlign (aligned, adaptive sampling) of the
 bitmap at 28x28, thresholded at 0.5: exactly what detectron2's ``BitMasks.crop_and_resize``
@@ -39,7 +40,8 @@ __all__ = [
 ]
 
 # mmdetection pads images and masks to a multiple of 32 (``pad_size_divisor=32``), which is
-# also the FPN's size divisibility.
+# also the FPN's size divisibility. The default of ``MMDetMaskMapper``; built from a config,
+# the mapper takes ``MODEL.MMDET_TRAIN.PAD_SIZE_DIVISOR`` instead.
 MASK_PAD_DIVISOR = 32
 MASK_RASTER_MODES = ("detectron2", "mmdet")
 
@@ -87,20 +89,42 @@ def pad_bitmasks(masks: BitMasks, divisor: int = MASK_PAD_DIVISOR) -> BitMasks:
 class MMDetMaskMapper(DatasetMapper):
     """``DatasetMapper`` whose ``gt_masks`` are mmdetection's bitmaps (see module docstring):
     rasterised at the original size, resized and flipped by the image's own transforms
-    (``apply_segmentation``: nearest), zero-padded to a multiple of :data:`MASK_PAD_DIVISOR`.
+    (``apply_segmentation``: nearest), zero-padded to a multiple of ``mask_pad_divisor``
+    (from a config: ``MODEL.MMDET_TRAIN.PAD_SIZE_DIVISOR``; default :data:`MASK_PAD_DIVISOR`).
 
     ``gt_masks`` are then larger than ``instances.image_size`` by that padding; boxes, the
     image and everything else are detectron2's.
     """
 
     @configurable
-    def __init__(self, is_train: bool, **kwargs) -> None:  # noqa: ANN003 - DatasetMapper's
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        mask_pad_divisor: int = MASK_PAD_DIVISOR,
+        **kwargs,  # noqa: ANN003 - DatasetMapper's
+    ) -> None:
         super().__init__(is_train, **kwargs)
+        if isinstance(mask_pad_divisor, bool) or int(mask_pad_divisor) != mask_pad_divisor:
+            raise ValueError(f"mask_pad_divisor must be an integer, got {mask_pad_divisor!r}")
+        if mask_pad_divisor < 1:
+            raise ValueError(f"mask_pad_divisor must be >= 1, got {mask_pad_divisor!r}")
+        self.mask_pad_divisor = int(mask_pad_divisor)
         if self.use_instance_mask and self.instance_mask_format != "bitmask":
             raise ValueError(
                 "MMDetMaskMapper makes bitmap masks: it needs INPUT.MASK_FORMAT 'bitmask' "
                 f"(instance_mask_format), got {self.instance_mask_format!r}"
             )
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
+        ret = super().from_config(cfg, is_train)
+        # Per-image padding of the GT bitmaps (MODEL.MMDET_TRAIN.MASK_PAD "image") follows
+        # the image's pad divisor; configs without the key keep mmdetection's 32.
+        mmdet_train = cfg.MODEL.get("MMDET_TRAIN", None)
+        if mmdet_train is not None and "PAD_SIZE_DIVISOR" in mmdet_train:
+            ret["mask_pad_divisor"] = mmdet_train.PAD_SIZE_DIVISOR
+        return ret
 
     def _transform_annotations(self, dataset_dict: dict, transforms, image_shape) -> None:  # noqa: ANN001
         if self.use_instance_mask:
@@ -114,7 +138,7 @@ class MMDetMaskMapper(DatasetMapper):
         super()._transform_annotations(dataset_dict, transforms, image_shape)
         instances = dataset_dict["instances"]
         if self.use_instance_mask and instances.has("gt_masks"):
-            instances.gt_masks = pad_bitmasks(instances.gt_masks)
+            instances.gt_masks = pad_bitmasks(instances.gt_masks, self.mask_pad_divisor)
 
 
 def check_mask_raster_config(cfg: CfgNode) -> str:
