@@ -24,26 +24,32 @@ def add_gcnet_config(cfg: CN) -> CN:
     cfg.MODEL.GCNET.POOLING = "att"
     # How the context joins the features: any of "channel_add", "channel_mul".
     cfg.MODEL.GCNET.FUSION = ["channel_add"]
-    # Inference options (gcnet_d2.modeling.inference_options). FOLD_NORMS: fold frozen norms
-    # into their convs at inference (exact up to float rounding; training, tracing and export
-    # see the plain conv + norm). COMPILE: "" (eager) or a torch.compile backend name
-    # ("inductor", "aot_eager", ...) for the backbone; check its output on your device first.
+    # Exact speed-ups, read by gcnet_d2.fast.apply(model, cfg) (train_net.py, the predictor
+    # and the export tool call it; a model from build_model alone is the plain model). Each
+    # governs what its name says. FOLD_NORMS: frozen norms folded into their convs, and the
+    # GC bottleneck's conv3 + norm + GC block as one product (exact up to float rounding;
+    # tracing and export see the plain conv + norm).
     cfg.MODEL.GCNET.FOLD_NORMS = True
-    cfg.MODEL.GCNET.COMPILE = ""
-    # PARALLEL_ROI_ALIGN: gcnet_d2's RoI heads spread the boxes of each RoIAlign call over the
-    # CPU threads in eager mode (torchvision's CPU kernels use one): inference output bit for
-    # bit; in training also the backward pass, whose gradient is the serial one up to float
-    # rounding (gcnet_d2.modeling.roi_align_parallel).
-    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = True
-    # CONV1X1_GEMM: 1x1 convs on large maps (backbone, FPN laterals, the mask predictor) run as
-    # one matrix product at inference (oneDNN's layout reorders cost more there; ~1e-6
-    # relative, as the fold; gcnet_d2.modeling.conv1x1_gemm). Needs FOLD_NORMS.
+    # CONV1X1_GEMM: 1x1 convs on large CPU maps (backbone, FPN laterals, the mask predictor)
+    # as one matrix product at inference (oneDNN's layout reorders cost more there; ~1e-6
+    # relative; gcnet_d2.fast.conv1x1_gemm).
     cfg.MODEL.GCNET.CONV1X1_GEMM = True
+    # PARALLEL_ROI_ALIGN: every ROIPooler spreads the boxes of each RoIAlign call over the CPU
+    # threads in eager mode (torchvision's CPU kernels use one): inference output bit for
+    # bit; in training also the backward pass, whose gradient is the serial one up to float
+    # rounding (gcnet_d2.fast.roi_align).
+    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = True
+    # LEAN_FPN: FPN inference frees each bottom-up map after its lateral conv and adds the
+    # top-down term in place (bit-identical, lower peak memory; gcnet_d2.fast.lean_fpn).
+    cfg.MODEL.GCNET.LEAN_FPN = True
+    # COMPILE: "" (eager) or a torch.compile backend name ("inductor", "aot_eager", ...) for
+    # the backbone; check its output on your device first (benchmarks/compile_check.py).
+    cfg.MODEL.GCNET.COMPILE = ""
 
     # mmdetection parity outside the backbone (used by the table configs):
     # per-stage loss weights of MMDetCascadeROIHeads (mmdet stage_loss_weights).
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS = [1.0, 0.5, 0.25]
-    # mmdetection's training recipe (issue 10), one switch per component; False / "detectron2"
+    # mmdetection's training recipe, one switch per component; False / "detectron2"
     # is Detectron2's stock behaviour. The table's Base-*.yaml turn them on. Budgets stay with
     # the standard keys (MODEL.RPN / MODEL.ROI_HEADS BATCH_SIZE_PER_IMAGE, POSITIVE_FRACTION).
     cfg.MODEL.MMDET_TRAIN = CN()
@@ -87,8 +93,9 @@ def add_gcnet_config(cfg: CN) -> CN:
     # Instance masks of the training mapper (gcnet_d2.data.mapper): "detectron2" = detectron2's
     # (polygons transformed, then rasterised per RoI or at the image size); "mmdet" = polygons
     # rasterised at the original image size, resized (nearest) and flipped with the image,
-    # zero-padded to 32, the RoI targets cut from that bitmap by RoIAlign, as mmdetection
-    # (needs INPUT.MASK_FORMAT "bitmask" and INPUT.RESIZE_BACKEND "cv2").
+    # zero-padded to MODEL.MMDET_TRAIN.PAD_SIZE_DIVISOR, the RoI targets cut from that bitmap
+    # by RoIAlign, as mmdetection (needs INPUT.MASK_FORMAT "bitmask" and
+    # INPUT.RESIZE_BACKEND "cv2").
     cfg.INPUT.MASK_RASTER = "detectron2"
 
     # Dataset robustness (gcnet_d2.data.validation, gcnet_d2.data.loaders).
@@ -107,7 +114,7 @@ def add_gcnet_config(cfg: CN) -> CN:
 
 
 #: Overrides that turn the table configs' training components into Detectron2's stock ones
-#: (README "Remaining differences": each key off is Detectron2's behaviour).
+#: (docs/training.md "Component by component": each key off is Detectron2's behaviour).
 DETECTRON2_TRAINING_COMPONENTS = {
     "MODEL.PROPOSAL_GENERATOR.NAME": "RPN",
     "MODEL.ROI_HEADS.NAME": "StandardROIHeads",

@@ -19,8 +19,8 @@ from detectron2.config import CfgNode, get_cfg
 
 from .config import add_gcnet_config
 from .errors import ConfigError
+from .layers import resolve_norm
 from .modeling.backbone import validate_gcnet_config
-from .modeling.norm import resolve_norm
 
 __all__ = ["load_config", "validate_config"]
 

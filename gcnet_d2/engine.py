@@ -30,7 +30,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from torch import nn
 
-from . import resume
+from . import fast, resume
 from .checkpoint import GCNetCheckpointer
 from .data import ensure_synthetic_generated, loaders
 from .data.mapper import build_gcnet_mapper
@@ -69,6 +69,12 @@ class GCNetTrainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         with _gcnet_trainer_parts():
             super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        """detectron2's model with the speed-ups ``MODEL.GCNET`` switches on
+        (:func:`gcnet_d2.fast.apply`)."""
+        return fast.apply(super().build_model(cfg), cfg)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):  # noqa: ANN206 - detectron2 signature

@@ -8,7 +8,8 @@ test loader's resize, so its detections are the model's evaluated detections. It
 ``MODEL.WEIGHTS`` with :class:`~gcnet_d2.checkpoint.GCNetCheckpointer` (no code unpickled;
 mmdetection checkpoints converted on load). Everything else is ``DefaultPredictor``'s: a BGR
 uint8 ``(H, W, 3)`` image in, ``{"instances": ...}`` out in the image's coordinates,
-``INPUT.FORMAT`` honoured.
+``INPUT.FORMAT`` honoured. The speed-ups ``MODEL.GCNET`` switches on are applied
+(:func:`gcnet_d2.fast.apply`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
+from . import fast
 from .checkpoint import GCNetCheckpointer
 from .data.transforms import build_gcnet_augmentations
 
@@ -31,7 +33,7 @@ class GCNetPredictor(DefaultPredictor):
         # Not DefaultPredictor.__init__: it would load the weights with a plain
         # DetectionCheckpointer. The attributes are the ones its __call__ uses.
         self.cfg = cfg.clone()  # the model may modify its config
-        self.model = build_model(self.cfg)
+        self.model = fast.apply(build_model(self.cfg), self.cfg)
         self.model.eval()
         if len(cfg.DATASETS.TEST):
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])

@@ -77,9 +77,11 @@ def table_config_names() -> list[str]:
 
 
 def documented_commands(script: str) -> list[list[str]]:
-    """The arguments of every ```bash line in README.md and docs/*.md that runs ``script``."""
+    """The arguments of every ```bash line in README.md, docs/*.md, tools/README.md and
+    benchmarks/README.md that runs ``script``."""
     commands = []
-    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for doc in [*docs, REPO / "tools" / "README.md", REPO / "benchmarks" / "README.md"]:
         if not doc.is_file():
             continue
         blocks = re.findall(r"```bash\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)

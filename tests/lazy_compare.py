@@ -43,7 +43,6 @@ LAZY_TO_YAML = {
     "train.seed": "SEED",
     "train.amp.enabled": "SOLVER.AMP.ENABLED",
     "train.output_dir": "OUTPUT_DIR",
-    "train.head_init": "MODEL.MMDET_TRAIN.HEAD_INIT",  # not an attribute of the built model
     "dataloader.train.total_batch_size": "SOLVER.IMS_PER_BATCH",
     "dataloader.train.dataset.names": "DATASETS.TRAIN",
     "dataloader.train.dataset.filter_empty": "DATALOADER.FILTER_EMPTY_ANNOTATIONS",

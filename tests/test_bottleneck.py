@@ -1,6 +1,9 @@
-"""GC bottlenecks: placement after conv3 + norm, and the folded-norm path vs the plain one."""
+"""GC bottlenecks: placement after conv3 + norm, and the folded path (``enable_gc_fold``)
+against the plain bottleneck."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -8,12 +11,9 @@ import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-from gcnet_d2.modeling import (
-    DeformGCBottleneckBlock,
-    FrozenStatsBatchNorm2d,
-    GCBottleneckBlock,
-    reference_bottleneck_forward,
-)
+from gcnet_d2.fast.gc_fold import FoldedGCBottleneckBlock, enable_gc_fold
+from gcnet_d2.layers import FrozenStatsBatchNorm2d
+from gcnet_d2.modeling import DeformGCBottleneckBlock, GCBottleneckBlock
 from tests.helpers import randomize as randomize_module
 
 NORMS = ["FrozenBN", FrozenStatsBatchNorm2d, "BN"]
@@ -39,37 +39,42 @@ def make_block(norm, fusion=("channel_add",), in_ch=64, stride=1, deform=False, 
     )
 
 
+def folded_copy(block: GCBottleneckBlock) -> GCBottleneckBlock:
+    """A deep copy of the plain ``block`` with the fold applied (same weights and mode)."""
+    folded = enable_gc_fold(copy.deepcopy(block))
+    assert type(folded) is FoldedGCBottleneckBlock and type(block) is GCBottleneckBlock
+    return folded
+
+
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize(
     "fusion", [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
 )
 @pytest.mark.parametrize("training", [False, True])
-def test_matches_plain_formulation(norm, fusion, training):
+def test_folded_matches_plain(norm, fusion, training):
     block = make_block(norm, fusion).train(training)
+    folded = folded_copy(block)
     x = torch.randn(2, 64, 10, 12)
-    torch.testing.assert_close(
-        block(x), reference_bottleneck_forward(block, x), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(folded(x), block(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["FrozenBN", FrozenStatsBatchNorm2d])
-def test_gradients_match_plain_formulation(norm):
+def test_folded_gradients_match_plain(norm):
     block = make_block(norm, ("channel_add", "channel_mul"), stride=2).train()
+    folded = folded_copy(block)
     x = torch.randn(2, 64, 10, 12)
     grad_out = torch.randn(2, 128, 5, 6)
     x1 = x.clone().requires_grad_()
-    (block(x1) * grad_out).sum().backward()
-    # conv_mask's bias cannot change a softmax: the fast path leaves it out (grad None = 0).
-    fast = {
-        n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
-        for n, p in block.named_parameters()
-    }
-    block.zero_grad()
+    (folded(x1) * grad_out).sum().backward()
     x2 = x.clone().requires_grad_()
-    (reference_bottleneck_forward(block, x2) * grad_out).sum().backward()
+    (block(x2) * grad_out).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
-    for name, p in block.named_parameters():
-        torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+    plain = dict(block.named_parameters())
+    for name, p in folded.named_parameters():
+        # conv_mask's bias cannot change a softmax: its gradient is 0 up to rounding
+        want = torch.zeros_like(p) if plain[name].grad is None else plain[name].grad
+        got = torch.zeros_like(p) if p.grad is None else p.grad
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_fresh_gc_block_equals_plain_bottleneck():
@@ -84,12 +89,12 @@ def test_fresh_gc_block_equals_plain_bottleneck():
 
 
 def test_context_block_sits_after_conv3_norm():
-    """Hook order: conv3 (with its norm) runs, then the block sees exactly its output."""
+    """Hook order: conv3 (with its norm) runs, then the block sees exactly its output (the
+    plain bottleneck calls both modules in any mode)."""
     block = make_block("BN").eval()
     seen = {}
     block.conv3.register_forward_hook(lambda m, i, o: seen.setdefault("conv3", o))
     block.context_block.register_forward_hook(lambda m, i, o: seen.setdefault("gc_in", i[0]))
-    block.train()  # BN in train mode uses the unfused path that calls both modules
     block(torch.randn(2, 64, 8, 8))
     assert torch.equal(seen["conv3"], seen["gc_in"])
 

@@ -1,5 +1,6 @@
-"""1x1 convolutions as matrix products (MODEL.GCNET.CONV1X1_GEMM): equal to F.conv2d up to
-summation order, taken only where stated, and wired into the detector's 1x1 convs."""
+"""1x1 convolutions as matrix products (``gcnet_d2/fast/conv1x1_gemm.py``,
+MODEL.GCNET.CONV1X1_GEMM): equal to F.conv2d up to summation order, taken only where stated,
+and wired by ``fast.apply`` into the detector's 1x1 convs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
 
 import gcnet_d2
-from gcnet_d2.modeling.conv1x1_gemm import MIN_POSITIONS, conv1x1_as_gemm, gemm_applies
-from gcnet_d2.modeling.inference_fusion import NormFoldingConv2d, enable_norm_folding
+from gcnet_d2 import fast
+from gcnet_d2.fast import norm_fold
+from gcnet_d2.fast.conv1x1_gemm import MIN_POSITIONS, conv1x1_as_gemm, gemm_applies
+from gcnet_d2.fast.norm_fold import NormFoldingConv2d, enable_conv_speedups
 from tests.helpers import TINY_OPTS
 
 
@@ -34,17 +37,17 @@ def calls(monkeypatch):
         seen.append(tuple(x.shape))
         return real(x, w, b)
 
-    import gcnet_d2.modeling.inference_fusion as fusion
-
-    monkeypatch.setattr(fusion, "conv1x1_as_gemm", counting)
+    monkeypatch.setattr(norm_fold, "conv1x1_as_gemm", counting)
     return seen
 
 
 def _conv(k: int = 1, stride: int = 1, norm: bool = False) -> Conv2d:
     conv = Conv2d(8, 16, k, stride=stride, padding=k // 2, bias=not norm,
                   norm=torch.nn.BatchNorm2d(16) if norm else None)  # fmt: skip
-    enable_norm_folding(conv)
-    conv.gemm_1x1 = True
+    enable_conv_speedups(conv, fold_norms=True, conv1x1_gemm=True)
+    assert type(conv) is NormFoldingConv2d
+    assert conv.gemm_1x1 == (k == 1)
+    conv.gemm_1x1 = True  # forced: the size, stride and mode guards must still hold
     return conv.eval()
 
 
@@ -54,7 +57,7 @@ def test_taken_only_for_large_unstrided_1x1_at_inference(calls):
     with torch.no_grad():
         _conv()(big)
         _conv()(small)  # too few positions
-        _conv(k=3)(big)  # not 1x1
+        _conv(k=3, norm=True)(big)  # not 1x1
         _conv(stride=2)(big)  # strided
     _conv()(big)  # a gradient is recorded
     assert calls == [tuple(big.shape)]
@@ -77,13 +80,15 @@ def test_folded_norm_and_activation_kept():
 def test_detector_uses_products_and_matches_convolutions(calls):
     """Table config: the 1x1 convs of the bottom-up, the FPN laterals and the mask logits are
     marked; CONV1X1_GEMM off marks none; detections agree (same classes, close boxes)."""
-    from gcnet_d2.benchmark.fixtures import calibrate_norms, peaked_class_scores
+    from benchmarks.fixtures import calibrate_norms, peaked_class_scores
 
     def build(on: bool):  # noqa: ANN202
         cfg = gcnet_d2.get_config("gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml")
         cfg.merge_from_list(TINY_OPTS)
         cfg.MODEL.GCNET.CONV1X1_GEMM = on
-        return build_model(cfg).eval()
+        model = build_model(cfg).eval()
+        assert not any(isinstance(m, NormFoldingConv2d) for m in model.modules())  # plain
+        return fast.apply(model, cfg)  # the same options but for CONV1X1_GEMM
 
     on, off = build(True), build(False)
     marked = {n for n, m in on.named_modules() if getattr(m, "gemm_1x1", False)}

@@ -1,4 +1,4 @@
-"""The same checks on CUDA: DCN, GC block, GC bottleneck fast paths and all 19 table rows.
+"""The same checks on CUDA: DCN, the GC block, the GC bottleneck fold and all 19 table rows.
 
 Skipped without a GPU (CI has none); run on a lent GPU machine with
 ``python -m pytest tests/test_cuda.py``. TF32 is switched off so fp32 comparisons are exact
@@ -10,15 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gcnet_d2.modeling import (
-    ContextBlock,
-    DeformConv2dWithOffset,
-    reference_bottleneck_forward,
-    reference_context_block,
-)
+from gcnet_d2.layers import ContextBlock, DeformConv2dWithOffset
 from tests.helpers import table_config_names
 from tests.test_configs import check_row_builds_trains_and_infers
-from tests.test_fast_paths import FUSIONS, build, grads, randomize
+from tests.test_gc_fold import FUSIONS, build, grads, plain_copy, randomize
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -80,42 +75,51 @@ def test_deform_conv_cuda_grads_equal_cpu(groups, deform_groups, stride, offset_
 
 @pytest.mark.parametrize("pooling", ["att", "avg"])
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_context_block_cuda_matches_reference(pooling, fusion):
-    block = randomize(ContextBlock(64, 1 / 4, pooling, fusion)).cuda()
-    x = torch.randn(2, 64, 9, 14, device="cuda", requires_grad=True)
-    g = torch.randn(2, 64, 9, 14, device="cuda")
-    params = dict(block.named_parameters())
-    fast = grads((block(x) * g).sum(), {"x": x, **params})
-    plain = grads((reference_context_block(block, x) * g).sum(), {"x": x, **params})
-    torch.testing.assert_close(block(x), reference_context_block(block, x), **TOL)
-    for name in fast:
-        torch.testing.assert_close(fast[name], plain[name], msg=name, **TOL)
+def test_context_block_cuda_equals_cpu(pooling, fusion):
+    """The plain block on CUDA against the same block on the CPU: values and gradients."""
+    block = randomize(ContextBlock(64, 1 / 4, pooling, fusion))
+    on_gpu = _to_cuda(block)
+    x = torch.randn(2, 64, 9, 14)
+    g = torch.randn(2, 64, 9, 14)
+    results = []
+    for mod, device in ((block, "cpu"), (on_gpu, "cuda")):
+        xi = x.to(device).requires_grad_()
+        out = mod(xi)
+        got = grads((out * g.to(device)).sum(), {"x": xi, **dict(mod.named_parameters())})
+        results.append((out.detach().cpu(), {k: v.cpu() for k, v in got.items()}))
+    (cpu_out, cpu_grads), (gpu_out, gpu_grads) = results
+    torch.testing.assert_close(gpu_out, cpu_out, **TOL)
+    assert gpu_grads.keys() == cpu_grads.keys()
+    for name in cpu_grads:
+        torch.testing.assert_close(gpu_grads[name], cpu_grads[name], msg=name, **TOL)
 
 
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN", "BN-eval"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_bottleneck_cuda_matches_plain(norm, fusion, memory_format):
+    """The folded bottleneck (``enable_gc_fold``) against its plain copy, both on CUDA."""
     block = build(norm, fusion, stride=2).cuda()
+    plain = plain_copy(block)
     x = torch.randn(2, 16, 10, 8, device="cuda").contiguous(memory_format=memory_format)
-    params = dict(block.named_parameters())
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     out = block(x1)
-    expect = reference_bottleneck_forward(block, x2)
+    expect = plain(x2)
     torch.testing.assert_close(out, expect, **TOL)
     with torch.no_grad():  # inference takes the unfolded path on a GPU
         torch.testing.assert_close(block(x), expect.detach(), **TOL)
     g = torch.randn_like(expect)
-    fast = grads((out * g).sum(), {"x": x1, **params})
-    plain = grads((expect * g).sum(), {"x": x2, **params})
-    for name in fast:
-        torch.testing.assert_close(fast[name], plain[name], msg=name, **TOL)
+    got = grads((out * g).sum(), {"x": x1, **dict(block.named_parameters())})
+    want = grads((expect * g).sum(), {"x": x2, **dict(plain.named_parameters())})
+    assert got.keys() == want.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], msg=name, **TOL)
 
 
 def test_bottleneck_bf16_autocast_cuda_is_close_to_fp32():
     block = build("FrozenBN", ("channel_add", "channel_mul")).cuda()
     x = torch.randn(2, 16, 8, 8, device="cuda")
-    expect = reference_bottleneck_forward(block, x)
+    expect = plain_copy(block)(x)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = block(x)
     assert ((out.float() - expect).norm() / expect.norm()) < 2e-2

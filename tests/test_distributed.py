@@ -33,7 +33,7 @@ def _bn_worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         from detectron2.layers import get_norm
 
-        from gcnet_d2.modeling.norm import resolve_norm
+        from gcnet_d2.layers import resolve_norm
 
         results = {}
         for name in ("SyncBN", "BN"):

@@ -7,10 +7,9 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from gcnet_d2.benchmark.memory import LiveTensorBytes
-from gcnet_d2.modeling.assign import MaxIoUMatcher
-from gcnet_d2.modeling.indexed_masks import IndexedBitMasks
-from gcnet_d2.modeling.roi_heads import sample_with_gt_prepended
+from benchmarks.memory import LiveTensorBytes
+from gcnet_d2.modeling.mmdet_recipe import IndexedBitMasks, MaxIoUMatcher
+from gcnet_d2.modeling.mmdet_recipe.sampling import sample_with_gt_prepended
 
 
 def _masks_and_boxes(g: int = 5, n: int = 64, h: int = 90, w: int = 120):

@@ -15,8 +15,8 @@ from detectron2.utils.events import EventStorage
 import gcnet_d2
 from gcnet_d2.config import DETECTRON2_TRAINING_COMPONENTS
 from gcnet_d2.modeling import MaxIoUMatcher
-from gcnet_d2.modeling.roi_heads import sample_with_gt_prepended
-from gcnet_d2.modeling.rpn import valid_anchor_mask
+from gcnet_d2.modeling.mmdet_recipe.rpn import valid_anchor_mask
+from gcnet_d2.modeling.mmdet_recipe.sampling import sample_with_gt_prepended
 
 ROW = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
 CASCADE_ROW = "gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco.yaml"
@@ -277,7 +277,7 @@ def test_mask_pad_batch_pads_bitmaps_to_the_batch_shape():
     untouched, a bitmap larger than the batch is an error naming both sizes."""
     from detectron2.structures import BitMasks, ImageList, PolygonMasks
 
-    from gcnet_d2.modeling.roi_heads import pad_gt_masks_to_batch
+    from gcnet_d2.modeling.mmdet_recipe.sampling import pad_gt_masks_to_batch
 
     images = ImageList(torch.zeros(2, 3, 64, 96), [(64, 96), (32, 64)])
     small, poly = Instances((32, 64)), Instances((64, 96))

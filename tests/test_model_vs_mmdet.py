@@ -1,29 +1,15 @@
-"""tools/model_vs_mmdet.py: its paired statistics and its timing hooks (the measurement
-itself is `tools/benchmark.py --sections mmdet`, not a test)."""
+"""benchmarks/model_vs_mmdet.py: its paired statistics, its timing hooks and the speed-ups of
+its gcnet_d2 side (the measurement itself is `benchmarks/run.py --sections mmdet`, not a
+test)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import types
 
 import pytest
 from torch import nn
 
-from tests.helpers import REPO
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "model_vs_mmdet", REPO / "tools/model_vs_mmdet.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mvm = _load()
+from benchmarks import model_vs_mmdet as mvm
 
 
 def fake(totals):  # noqa: ANN001, ANN201
@@ -61,3 +47,19 @@ def test_part_clock_times_and_restores_functions_and_methods():
     assert mod.f is original
     assert "extra_repr" not in vars(net)  # the instance shadow is removed, the class method stays
     assert set(clock.times) == {"f", "m"}
+
+
+def test_ours_is_built_with_the_speed_ups_applied():
+    """The gcnet_d2 detector timed against mmdetection is the one GCNetPredictor runs:
+    ``gcnet_d2.fast.apply(build_model(cfg), cfg)`` (folded GC bottlenecks, folded norms,
+    threaded RoIAlign, the lean FPN), in eval mode; no plain GC bottleneck is left."""
+    from gcnet_d2.fast import LeanFPN, NormFoldingConv2d, ParallelROIAlign
+    from gcnet_d2.fast.gc_fold import FoldedGCBottleneckBlock
+    from gcnet_d2.modeling import GCBottleneckBlock
+
+    model = mvm.build_ours(mvm.KINDS["r50"][1])
+    assert not model.training
+    types = {type(m) for m in model.modules()}
+    assert {NormFoldingConv2d, FoldedGCBottleneckBlock, ParallelROIAlign, LeanFPN} <= types
+    assert GCBottleneckBlock not in types
+    assert type(model.backbone) is LeanFPN

@@ -3,9 +3,11 @@ repeated imports and registrations, and the message when detectron2 is missing."
 
 from __future__ import annotations
 
+import ast
 import email
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,7 +92,8 @@ def test_wheel_holds_package_and_every_config(wheel: Path) -> None:
     assert all(n.startswith("gcnet_d2/configs/") for n in names if n.endswith(".yaml"))
     modules = {str(p.relative_to(REPO)) for p in (REPO / "gcnet_d2").rglob("*.py")}
     assert modules <= names
-    assert {n.split("/")[0] for n in names} == {"gcnet_d2", dist_info}  # no tests/, demo/, ...
+    # no tests/, demo/, tools/, benchmarks/ (development only), ...
+    assert {n.split("/")[0] for n in names} == {"gcnet_d2", dist_info}
 
     # One version (gcnet_d2.__version__), a Python floor, detectron2 left to the user, dev tools.
     assert meta["Version"] == gcnet_d2.__version__
@@ -99,6 +102,19 @@ def test_wheel_holds_package_and_every_config(wheel: Path) -> None:
     assert not [r for r in requires if "detectron2" in r or "@" in r or "git+" in r]
     dev = [r.split(";")[0].strip() for r in requires if 'extra == "dev"' in r]
     assert any(r.startswith("pytest") for r in dev) and any(r.startswith("ruff") for r in dev)
+
+
+def test_development_packages_are_not_installed() -> None:
+    """setup.py's ``find_packages(include=...)`` keeps to gcnet_d2 and its subpackages: the
+    importable benchmarks/ folder (development only) and tests/ stay in the checkout."""
+    from setuptools import find_packages
+
+    found = re.search(r"find_packages\(include=(\[[^\]]*\])\)", (REPO / "setup.py").read_text())
+    assert found, "setup.py lists its packages with find_packages(include=[...])"
+    packages = find_packages(where=str(REPO), include=ast.literal_eval(found.group(1)))
+    assert (REPO / "benchmarks" / "__init__.py").is_file()
+    assert "gcnet_d2" in packages
+    assert [p for p in packages if p.split(".")[0] != "gcnet_d2"] == []
 
 
 def test_installed_copy_used_from_another_directory(wheel: Path, tmp_path: Path) -> None:
@@ -211,7 +227,7 @@ def test_repeated_imports_and_other_backbones(tmp_path: Path) -> None:
                  "build_gcnet_resnet_fpn_backbone"}} <= names, names
         cfg = gcnet_d2.get_config({ROW!r})
         cfg.MODEL.DEVICE = "cpu"
-        assert type(build_backbone(cfg)).__name__ == "LeanFPN"  # gcnet_d2's FPN
+        assert type(build_backbone(cfg)).__name__ == "MMDetFPN"  # gcnet_d2 FPN
         cfg.MODEL.BACKBONE.NAME = "build_other_project_backbone"
         assert type(build_backbone(cfg)) is OtherBackbone
 

@@ -30,6 +30,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 import gcnet_d2  # noqa: F401  (registers the backbones)
+from gcnet_d2 import fast
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.config_loading import load_config
 from gcnet_d2.data.transforms import build_gcnet_augmentations
@@ -92,7 +93,7 @@ def setup_yaml(config_file: str, opts: list[str]) -> Setup:
     """A YAML config (read safely) with ``KEY VALUE`` overrides; ``MODEL.WEIGHTS``."""
     cfg = load_config(config_file, opts)
     cfg.MODEL.DEVICE = _device(cfg.MODEL.DEVICE)
-    model = build_model(cfg)
+    model = fast.apply(build_model(cfg), cfg)
     _load_weights(model, cfg.MODEL.WEIGHTS)
     (resize,) = build_gcnet_augmentations(cfg, is_train=False)
     return Setup(model, cfg.INPUT.FORMAT, resize, cfg.MODEL.DEVICE)
@@ -110,7 +111,7 @@ def setup_lazy(config_file: str, opts: list[str]) -> Setup:
     except (KeyError, ValueError, AttributeError, SyntaxError) as e:
         raise ConfigError(f"config {config_file} with overrides {opts}: {e}") from e
     device = _device(str(cfg.train.get("device", "cpu")))
-    model = instantiate(cfg.model).to(device)
+    model = fast.apply(instantiate(cfg.model)).to(device)
     _load_weights(model, cfg.train.get("init_checkpoint", ""))
     mapper = cfg.dataloader.test.mapper
     (resize,) = instantiate(mapper.augmentations)

@@ -4,7 +4,8 @@ at the end. Without CUDA, ``lazy_train_net.py`` runs on the CPU."""
 
 train = dict(
     output_dir="./output",
-    init_checkpoint="",  # ImageNet init (torchvision ResNet-50, pytorch style); see README
+    # ImageNet init (torchvision ResNet-50, pytorch style); see docs/training.md "Training on COCO"
+    init_checkpoint="",
     max_iter=87948,
     amp=dict(enabled=False),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
@@ -13,7 +14,4 @@ train = dict(
     log_period=20,
     device="cuda",
     seed=-1,
-    # mmdetection's init of the layers trained from scratch (FPN, box FCs, mask logits), as
-    # the YAML's MODEL.MMDET_TRAIN.HEAD_INIT; "detectron2" keeps detectron2's
-    head_init="mmdet",
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from detectron2.structures import Instances
 
-# The tolerances of issue 11: boxes 1e-3 of the image scale, scores 1e-4, mask probabilities.
+# The export tolerances: boxes 1e-3 of the image scale, scores 1e-4, mask probabilities.
 BOX_TOL = 1e-3
 SCORE_TOL = 1e-4
 MASK_TOL = 1e-4

@@ -1,6 +1,17 @@
-"""Model components; importing this package registers the backbone builders."""
+"""GC / DCN ResNet(X) backbones and gcnet_d2's detector parts; importing registers them.
 
-from .assign import MaxIoUMatcher
+- :mod:`.backbone`: ``make_gcnet_stem`` / ``make_gcnet_stages`` (config-free) and the
+  registered builders ``build_gcnet_resnet_backbone``, ``build_gcnet_resnet_fpn_backbone``,
+  ``build_gcnet_retinanet_resnet_fpn_backbone``;
+- :mod:`.bottleneck`: detectron2's bottleneck with a GC block after ``conv3`` (and DCN v1);
+- :mod:`.cascade_heads`: ``MMDetCascadeROIHeads``, mmdetection's cascade test path;
+- :mod:`.mmdet_recipe`: mmdetection's training rules (``MODEL.MMDET_TRAIN``).
+
+The plain modules (``ContextBlock``, DCN v1, norms) live in :mod:`gcnet_d2.layers`, the
+speed-ups in :mod:`gcnet_d2.fast`.
+"""
+
+from ..layers import ContextBlock, DeformConv2dWithOffset, FrozenStatsBatchNorm2d, resolve_norm
 from .backbone import (
     build_gcnet_resnet_backbone,
     build_gcnet_resnet_fpn_backbone,
@@ -9,15 +20,17 @@ from .backbone import (
     make_gcnet_stem,
     validate_gcnet_config,
 )
-from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock, reference_bottleneck_forward
+from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .cascade_heads import MMDetCascadeROIHeads
-from .context_block import ContextBlock, reference_context_block
-from .context_block_fast import set_fast_paths
-from .deform_conv import DeformConv2dWithOffset
-from .fpn import LeanFPN
-from .norm import FrozenStatsBatchNorm2d, resolve_norm
-from .roi_heads import MMDetROIHeads
-from .rpn import MMDetRPN
+from .mmdet_recipe import MaxIoUMatcher, MMDetFPN, MMDetROIHeads, MMDetRPN
+
+
+def __getattr__(name: str) -> object:
+    # Names this package exported before the speed-ups moved to gcnet_d2.fast.
+    from .. import _compat
+
+    return _compat.deprecated_modeling_name(name)
+
 
 __all__ = [
     "ContextBlock",
@@ -25,8 +38,8 @@ __all__ = [
     "DeformGCBottleneckBlock",
     "FrozenStatsBatchNorm2d",
     "GCBottleneckBlock",
-    "LeanFPN",
     "MMDetCascadeROIHeads",
+    "MMDetFPN",
     "MMDetROIHeads",
     "MMDetRPN",
     "MaxIoUMatcher",
@@ -35,9 +48,6 @@ __all__ = [
     "build_gcnet_retinanet_resnet_fpn_backbone",
     "make_gcnet_stages",
     "make_gcnet_stem",
-    "reference_bottleneck_forward",
-    "reference_context_block",
     "resolve_norm",
-    "set_fast_paths",
     "validate_gcnet_config",
 ]

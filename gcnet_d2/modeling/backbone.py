@@ -17,6 +17,7 @@ and ``build_gcnet_retinanet_resnet_fpn_backbone`` (P3-P7, RetinaNet-style).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,15 +30,10 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock
 from torch import nn
 
 from ..config import validate_mmdet_train_config
+from ..layers import resolve_norm, validate_context_args
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
-from .context_block import validate_context_args
-from .conv1x1_gemm import set_conv1x1_gemm
-from .fpn import LeanFPN
-from .inference_fusion import enable_norm_folding
-from .inference_options import apply_inference_options
-from .init import init_fpn_like_mmdet
-from .norm import resolve_norm
+from .mmdet_recipe.init import MMDetFPN
 
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -48,6 +44,16 @@ def _check_per_stage(key: str, value: object) -> list[bool]:
     if not all(isinstance(v, bool) or v in (0, 1) for v in value):
         raise ValueError(f"{key} must hold booleans, got {value!r}")
     return [bool(v) for v in value]
+
+
+def _warn_fold_norms(fold_norms: bool | None) -> None:
+    if fold_norms is not None:
+        warnings.warn(
+            "fold_norms is deprecated and ignored: the builders make the plain model; apply "
+            "the speed-ups to the built model with gcnet_d2.fast.apply(model)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
 
 def _default_device(device: str | None) -> str:
@@ -71,7 +77,7 @@ def make_gcnet_stem(
     in_channels: int = 3,
     out_channels: int = 64,
     device: str | None = None,
-    fold_norms: bool = True,
+    fold_norms: bool | None = None,
 ) -> BasicStem:
     """detectron2's ``BasicStem`` (7x7 conv, norm, ReLU, 3x3 max-pool) with a gcnet_d2 norm.
 
@@ -83,11 +89,10 @@ def make_gcnet_stem(
         out_channels: stem width (64 for every ResNet / ResNeXt of the GCNet table).
         device: where the model will run; ``"SyncBN"`` becomes detectron2's gloo-capable
             ``"naiveSyncBN"`` off CUDA. ``None``: CUDA when available, else the CPU.
-        fold_norms: fold frozen norms into their convs at inference (``MODEL.GCNET.FOLD_NORMS``,
-            :mod:`gcnet_d2.modeling.inference_fusion`; same function, state dict unchanged).
+        fold_norms: deprecated and ignored; use :func:`gcnet_d2.fast.apply` on the model.
     """
-    stem = BasicStem(in_channels, out_channels, norm=_resolve_norm_arg(norm, device))
-    return enable_norm_folding(stem) if fold_norms else stem
+    _warn_fold_norms(fold_norms)
+    return BasicStem(in_channels, out_channels, norm=_resolve_norm_arg(norm, device))
 
 
 def make_gcnet_stages(
@@ -107,7 +112,7 @@ def make_gcnet_stages(
     in_channels: int = 64,
     out_channels: int = 256,
     device: str | None = None,
-    fold_norms: bool = True,
+    fold_norms: bool | None = None,
 ) -> list[list[CNNBlockBase]]:
     """The four stages (res2..res5) of a bottleneck ResNet / ResNeXt with GC blocks and DCN.
 
@@ -139,12 +144,12 @@ def make_gcnet_stages(
         in_channels: the stem's output width.
         out_channels: res2's output width (doubled at every later stage).
         device: as in :func:`make_gcnet_stem`.
-        fold_norms: as in :func:`make_gcnet_stem`; with it, 1x1 convs on large maps run as
-            matrix products at inference (``MODEL.GCNET.CONV1X1_GEMM``, :mod:`.conv1x1_gemm`).
+        fold_norms: deprecated and ignored, as in :func:`make_gcnet_stem`.
 
     Raises:
         ValueError: naming the argument, for a depth, norm or GC / DCN option it cannot build.
     """
+    _warn_fold_norms(fold_norms)
     if depth not in BLOCKS_PER_STAGE:
         raise ValueError(
             f"depth: gcnet_d2 builds bottleneck ResNets {sorted(BLOCKS_PER_STAGE)}, got {depth!r}"
@@ -197,9 +202,6 @@ def make_gcnet_stages(
         in_channels = out_channels
         out_channels *= 2
         bottleneck_channels *= 2
-    if fold_norms:
-        for block in (b for stage in stages for b in stage):
-            set_conv1x1_gemm(enable_norm_folding(block), True)
     return stages
 
 
@@ -235,9 +237,8 @@ def validate_gcnet_config(cfg: CfgNode) -> None:
 
 @register_once(BACKBONE_REGISTRY)
 def build_gcnet_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
-    """A bottleneck ResNet / ResNeXt whose stages may use GC blocks and deformable convs,
-    with the inference options of ``MODEL.GCNET`` (norm folding, ``torch.compile``)."""
-    return apply_inference_options(_resnet(cfg, input_shape), cfg)
+    """A bottleneck ResNet / ResNeXt whose stages may use GC blocks and deformable convs."""
+    return _resnet(cfg, input_shape)
 
 
 def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
@@ -246,10 +247,7 @@ def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     norm = resolve_norm(res.NORM, cfg.MODEL.DEVICE)
     # Stem first: modules draw their initial weights in construction order.
     stem = make_gcnet_stem(
-        norm,
-        in_channels=input_shape.channels,
-        out_channels=res.STEM_OUT_CHANNELS,
-        fold_norms=gc.FOLD_NORMS,
+        norm, in_channels=input_shape.channels, out_channels=res.STEM_OUT_CHANNELS
     )
     stages = make_gcnet_stages(
         res.DEPTH,
@@ -266,7 +264,6 @@ def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
         deform_num_groups=res.DEFORM_NUM_GROUPS,
         in_channels=res.STEM_OUT_CHANNELS,
         out_channels=res.RES2_OUT_CHANNELS,
-        fold_norms=gc.FOLD_NORMS,
     )
     return ResNet(
         stem, stages, out_features=res.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
@@ -278,17 +275,15 @@ def _fpn(
 ) -> FPN:
     validate_mmdet_train_config(cfg)
     bottom_up = _resnet(cfg, input_shape)
-    fpn = LeanFPN(
+    return MMDetFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=make_top_block(bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        head_init=cfg.MODEL.MMDET_TRAIN.HEAD_INIT if "MMDET_TRAIN" in cfg.MODEL else "detectron2",
     )
-    if "MMDET_TRAIN" in cfg.MODEL and cfg.MODEL.MMDET_TRAIN.HEAD_INIT == "mmdet":
-        init_fpn_like_mmdet(fpn)
-    return apply_inference_options(fpn, cfg)
 
 
 @register_once(BACKBONE_REGISTRY)

@@ -35,9 +35,8 @@ from torch import nn
 
 from ..config import validate_mmdet_train_config
 from ..registry import register_once
-from .inference_options import apply_roi_heads_options, roi_heads_options
-from .init import init_box_head_like_mmdet, init_mask_head_like_mmdet
-from .roi_heads import (
+from .mmdet_recipe.init import init_roi_heads
+from .mmdet_recipe.sampling import (
     log_sample_sizes,
     mmdet_roi_matcher,
     pad_gt_masks_to_batch,
@@ -58,12 +57,10 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         mmdet_sampling: bool = False,
         cascade_resample: bool = False,
         mask_pad: str = "image",
-        parallel_roi_align: bool = True,
-        conv1x1_gemm: bool = True,
+        head_init: str = "detectron2",
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        apply_roi_heads_options(self, parallel_roi_align, conv1x1_gemm)
         if cascade_resample and not mmdet_sampling:
             raise ValueError("cascade_resample needs mmdet_sampling (GT rows are dropped)")
         self.mmdet_sampling = bool(mmdet_sampling)
@@ -77,6 +74,8 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         if self.mask_on and len(self.mask_head) != self.num_cascade_stages:
             raise ValueError("MMDetCascadeROIHeads needs one mask head per cascade stage")
         self.stage_loss_weights = tuple(float(w) for w in stage_loss_weights)
+        self.head_init = head_init
+        init_roi_heads(self, head_init)
 
     @classmethod
     def from_config(cls, cfg, input_shape):  # noqa: ANN001, ANN206 - detectron2 signature
@@ -90,12 +89,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
         ret["cascade_resample"] = t.CASCADE_RESAMPLE
         ret["mask_pad"] = t.MASK_PAD
-        ret.update(roi_heads_options(cfg))
-        if t.HEAD_INIT == "mmdet":
-            for head in ret["box_heads"]:
-                init_box_head_like_mmdet(head)
-            for head in ret.get("mask_head") or []:
-                init_mask_head_like_mmdet(head)
+        ret["head_init"] = t.HEAD_INIT
         return ret
 
     @classmethod

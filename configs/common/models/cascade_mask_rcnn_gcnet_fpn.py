@@ -13,7 +13,7 @@ from detectron2.modeling.roi_heads import (
 from torch import nn
 
 from gcnet_d2.modeling import MMDetCascadeROIHeads
-from gcnet_d2.modeling.assign import MaxIoUMatcher
+from gcnet_d2.modeling.mmdet_recipe import MaxIoUMatcher
 
 from .mask_rcnn_gcnet_fpn import model
 

@@ -4,8 +4,9 @@ DCN); the stem takes the stages' norm.
 
 mmdetection's training recipe (the YAML's ``MODEL.MMDET_TRAIN``): MMDetRPN (anchors valid
 in each image's own padded size, max-IoU assigner with low-quality matches at IoU >= 0.3),
-MMDetROIHeads (GTs prepended, low-quality RoI matches at IoU >= 0.5). mmdetection's head
-init (``HEAD_INIT: mmdet``) is ``train.head_init``, applied by ``lazy_train_net.py``."""
+MMDetROIHeads (GTs prepended, low-quality RoI matches at IoU >= 0.5), and mmdetection's
+init of the FPN and heads (``HEAD_INIT: mmdet``: the ``head_init`` arguments below), so that
+``instantiate(model)`` starts as ``build_model`` does from the YAML."""
 
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
@@ -22,15 +23,13 @@ from detectron2.modeling.roi_heads import (
     MaskRCNNConvUpsampleHead,
 )
 
-from gcnet_d2.modeling import LeanFPN, make_gcnet_stages, make_gcnet_stem
-from gcnet_d2.modeling.assign import MaxIoUMatcher
-from gcnet_d2.modeling.roi_heads import MMDetROIHeads
-from gcnet_d2.modeling.rpn import MMDetRPN
+from gcnet_d2.modeling import make_gcnet_stages, make_gcnet_stem
+from gcnet_d2.modeling.mmdet_recipe import MaxIoUMatcher, MMDetFPN, MMDetROIHeads, MMDetRPN
 
 FPN_SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
 model = L(GeneralizedRCNN)(
-    backbone=L(LeanFPN)(
+    backbone=L(MMDetFPN)(
         bottom_up=L(ResNet)(
             stem=L(make_gcnet_stem)(norm="${..stages.norm}"),
             stages=L(make_gcnet_stages)(
@@ -55,6 +54,7 @@ model = L(GeneralizedRCNN)(
         norm="",
         top_block=L(LastLevelMaxPool)(),
         fuse_type="sum",
+        head_init="mmdet",  # xavier_uniform lateral / output convs
     ),
     proposal_generator=L(MMDetRPN)(
         in_features=["p2", "p3", "p4", "p5", "p6"],
@@ -83,6 +83,7 @@ model = L(GeneralizedRCNN)(
         positive_fraction=0.25,
         proposal_matcher=L(MaxIoUMatcher)(thresholds=[0.5], labels=[0, 1], min_pos_iou=0.5),
         mmdet_sampling=True,  # GTs prepended to the proposals, as mmdetection samples
+        head_init="mmdet",  # xavier_uniform box FCs, kaiming fan_out mask logits
         box_in_features=["p2", "p3", "p4", "p5"],
         box_pooler=L(ROIPooler)(
             output_size=7, scales=FPN_SCALES, sampling_ratio=0, pooler_type="ROIAlignV2"
