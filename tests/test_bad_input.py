@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -16,12 +17,13 @@ import numpy as np
 import pytest
 from detectron2.config import get_cfg
 from detectron2.data.datasets import register_coco_instances
-from PIL import Image
+from detectron2.data.detection_utils import SizeMismatchError
+from PIL import Image, UnidentifiedImageError
 from torch._utils import ExceptionWrapper
 
 import train_net
 from gcnet_d2.config import add_gcnet_config
-from gcnet_d2.data.validation import validate_coco_json
+from gcnet_d2.data.validation import SKIP_HINT, validate_coco_json
 from gcnet_d2.engine import GCNetTrainer
 from gcnet_d2.errors import DatasetError, one_line
 from tests.helpers import QUICKSTART, TINY_OPTS, run, subprocess_env
@@ -163,37 +165,62 @@ def test_missing_folder_and_empty_files_are_named_before_training(tmp_path: Path
     name = make_dataset(tmp_path, GOOD[:2] + bad)
     with pytest.raises(DatasetError) as info:
         GCNetTrainer.build_train_loader(make_cfg(name))
-    message = str(info.value)
-    assert "3 of 5 images" in message and "SKIP_BAD_IMAGES" in message
-    assert f"{tmp_path / 'missing.jpg'}: no such file" in message
-    assert f"{tmp_path / 'a_folder.jpg'}: not a regular file" in message
-    assert f"{tmp_path / 'empty.jpg'}: empty file" in message
+    assert str(info.value) == (
+        f"3 of 5 images of training set [{name!r}] cannot be used: "
+        f"{tmp_path / 'missing.jpg'}: no such file; "
+        f"{tmp_path / 'a_folder.jpg'}: not a regular file; "
+        f"{tmp_path / 'empty.jpg'}: empty file (0 bytes). Fix or remove them; {SKIP_HINT}"
+    )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_file_is_named(tmp_path: Path):
+def test_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     name = make_dataset(tmp_path, [*GOOD[:2], ("locked.jpg", "rgb")])
-    (tmp_path / "locked.jpg").chmod(0)
-    with pytest.raises(DatasetError, match="locked.jpg: not readable"):
+    locked = tmp_path / "locked.jpg"
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads files whatever their permission bits: ask os.access
+        access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode, **kw: path != str(locked) and access(path, mode, **kw)
+        )
+    with pytest.raises(DatasetError) as info:
         GCNetTrainer.build_train_loader(make_cfg(name))
+    assert str(info.value) == (
+        f"1 of 3 images of training set [{name!r}] cannot be used: "
+        f"{locked}: not readable (permission denied). Fix or remove them; {SKIP_HINT}"
+    )
 
 
 @pytest.mark.parametrize(
-    ("kind", "expected"),
+    ("kind", "problem", "cause"),
     [
-        ("truncated", "cannot be decoded (OSError: "),
-        ("garbage", "cannot be decoded (UnidentifiedImageError: not an image file"),
-        ("small", "size disagrees with its annotation"),
+        # the decoder's own words for a cut-off JPEG vary with the Pillow version
+        ("truncated", r"cannot be decoded \(OSError: [^()]+\)", OSError),
+        (
+            "garbage",
+            re.escape(
+                "cannot be decoded (UnidentifiedImageError: not an image file PIL can identify)"
+            ),
+            UnidentifiedImageError,
+        ),
+        # detectron2 reports (width, height): decoded 50x40, annotated 80x64
+        (
+            "small",
+            r"size disagrees with its annotation \(Mismatched image shape .*"
+            + re.escape("got (50, 40), expect (80, 64).")
+            + r".*\)",
+            SizeMismatchError,
+        ),
     ],
+    ids=["truncated", "garbage", "small"],
 )
-def test_undecodable_or_mismatched_image_is_named_when_read(tmp_path: Path, kind, expected):  # noqa: ANN001
+def test_undecodable_or_mismatched_image_is_named_when_read(tmp_path: Path, kind, problem, cause):  # noqa: ANN001
     name = make_dataset(tmp_path, [("broken.jpg", kind)] + GOOD[:1])
     loader = GCNetTrainer.build_train_loader(make_cfg(name))
     with pytest.raises(DatasetError) as info:
         take(loader, batches=2)
-    message = str(info.value)
-    assert message.startswith(f"image {tmp_path / 'broken.jpg'}: ") and expected in message
-    assert "SKIP_BAD_IMAGES" in message
+    broken = re.escape(str(tmp_path / "broken.jpg"))
+    assert re.fullmatch(rf"image {broken}: {problem}; {re.escape(SKIP_HINT)}", str(info.value))
+    assert type(info.value.__cause__) is cause
 
 
 def test_worker_errors_reach_the_user_as_one_line(tmp_path: Path):
@@ -216,11 +243,20 @@ def test_worker_errors_reach_the_user_as_one_line(tmp_path: Path):
 def test_evaluation_never_skips(tmp_path: Path):
     name = make_dataset(tmp_path, [("broken.jpg", "truncated")] + GOOD[:1])
     loader = GCNetTrainer.build_test_loader(make_cfg(name, skip=True), name)
-    with pytest.raises(DatasetError, match="broken.jpg: cannot be decoded.*evaluation needs"):
+    with pytest.raises(DatasetError) as info:
         list(loader)
+    broken = re.escape(str(tmp_path / "broken.jpg"))
+    assert re.fullmatch(
+        rf"image {broken}: cannot be decoded \(OSError: [^()]+\); evaluation needs every image",
+        str(info.value),
+    )
     name = make_dataset(tmp_path / "b", [("missing.jpg", "missing")] + GOOD[:1])
-    with pytest.raises(DatasetError, match="missing.jpg: no such file.*evaluation needs"):
+    with pytest.raises(DatasetError) as info:
         GCNetTrainer.build_test_loader(make_cfg(name, skip=True), name)
+    assert str(info.value) == (
+        f"1 of 2 images of test set {name!r} cannot be used: {tmp_path / 'b' / 'missing.jpg'}: "
+        "no such file. Fix or remove them; evaluation needs every image"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +270,12 @@ BROKEN = [
     ("garbage.jpg", "garbage"),
     ("small.jpg", "small"),
 ]
+# What the skip warning says about each of BROKEN[2:], found only when decoded.
+SKIP_REASON = {
+    "truncated.jpg": r"cannot be decoded \(OSError: [^()]+\)",
+    "garbage.jpg": re.escape("cannot be decoded (UnidentifiedImageError: not an image file"),
+    "small.jpg": re.escape("size disagrees with its annotation (Mismatched image shape"),
+}
 
 
 def test_skip_bad_images_logs_and_counts_them(tmp_path: Path, warnings_log):  # noqa: ANN001
@@ -243,12 +285,18 @@ def test_skip_bad_images_logs_and_counts_them(tmp_path: Path, warnings_log):  # 
     seen = take(loader, batches=12)  # six passes over the 4 usable images
     assert {Path(d["file_name"]).name for d in seen} == {n for n, _ in GOOD}
 
-    text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "2 of 9 images" in text  # missing + empty, dropped before training
     messages = [r.getMessage() for r in caplog.records]
-    for file, _ in BROKEN[2:]:  # found when read (six times each), logged once with its reason
-        assert sum(f"Skipping image {tmp_path / file}:" in m for m in messages) == 1
-    assert "3 image(s) skipped so far" in text
+    dropped = [m for m in messages if m.startswith("Skipping 2 of 9 images")]
+    assert dropped == [  # missing + empty, dropped before training, each with its reason
+        f"Skipping 2 of 9 images of training set [{name!r}] cannot be used: "
+        f"{tmp_path / 'missing.jpg'}: no such file; {tmp_path / 'empty.jpg'}: empty file "
+        "(0 bytes) (GCNET_DATA.SKIP_BAD_IMAGES)"
+    ]
+    for file, reason in SKIP_REASON.items():  # met when read (six times), logged once
+        pattern = rf"Skipping image {re.escape(str(tmp_path / file))}: {reason}.*"
+        assert sum(bool(re.fullmatch(pattern, m)) for m in messages) == 1, (file, messages)
+    counts = [m for m in messages if m.startswith("Skipping image ")]
+    assert len(counts) == 3 and counts[-1].endswith("(3 image(s) skipped so far in this process)")
 
 
 def test_training_with_skip_runs_through_broken_images(tmp_path: Path, warnings_log):  # noqa: ANN001
@@ -262,7 +310,16 @@ def test_training_with_skip_runs_through_broken_images(tmp_path: Path, warnings_
     trainer.train()
     assert trainer.iter == 3  # all iterations ran
     assert (tmp_path / "out" / "model_final.pth").is_file()
-    assert any("Skipping image" in r.getMessage() for r in caplog.records)  # broken ones met
+    skipped = {}
+    for record in caplog.records:
+        found = re.fullmatch(
+            r"Skipping image (\S+): (.*) \(\d image\(s\) skipped .*", record.getMessage()
+        )
+        if found:
+            skipped[Path(found[1]).name] = found[2]
+    assert skipped, "no broken image met in 3 iterations"
+    for file, reason in skipped.items():  # only the ones broken on decoding, each as such
+        assert re.match(SKIP_REASON[file], reason), (file, reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,9 +328,13 @@ def test_training_with_skip_runs_through_broken_images(tmp_path: Path, warnings_
 
 
 def _coco_variant(kind: str) -> str:
+    """One image with two annotations (ids 1 and 2); ``kind`` breaks the file or the second."""
     good = {
         "images": [{"id": 1, "file_name": "good0.jpg", "height": H, "width": W}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": BOX, "iscrowd": 0}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": BOX, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [40, 30, 20, 10], "iscrowd": 0},
+        ],
         "categories": [{"id": 1, "name": "thing"}],
     }
     if kind == "list":
@@ -282,42 +343,128 @@ def _coco_variant(kind: str) -> str:
         return json.dumps(good)[:-20]
     if kind == "no_images":
         return json.dumps({k: v for k, v in good.items() if k != "images"})
+    if kind == "no_file_name":
+        del good["images"][0]["file_name"]
+    if kind == "zero_height":
+        good["images"][0]["height"] = 0
     if kind == "bad_category":
-        good["annotations"][0]["category_id"] = 7
-    if kind == "bad_bbox":
-        good["annotations"][0]["bbox"] = [1, 2, 3]
+        good["annotations"][1]["category_id"] = 7
+    if kind in BAD_BOXES:
+        good["annotations"][1]["bbox"] = BAD_BOXES[kind]
     return json.dumps(good)
 
 
-@pytest.mark.parametrize(
-    ("kind", "expected"),
-    [
-        ("list", "the top level is a JSON list"),
-        ("not_json", "not valid JSON"),
-        ("no_images", "missing top-level key(s) ['images']"),
-        ("bad_category", "refers to category_id 7"),
-        ("bad_bbox", "'bbox'"),
-    ],
-)
-def test_annotation_file_that_is_not_coco(tmp_path: Path, kind: str, expected: str):
-    _write(tmp_path, "good0.jpg", "rgb")
-    json_file = tmp_path / "instances.json"
-    json_file.write_text(_coco_variant(kind))
-    name = f"bad_json_{uuid.uuid4().hex[:8]}"
-    register_coco_instances(name, {}, str(json_file), str(tmp_path))
+BAD_BOXES = {
+    "short_bbox": [1, 2, 3],
+    "text_in_bbox": [1, 2, "3", 4],
+    "negative_width": [1, 2, -3, 4],
+    "negative_height": [1, 2, 3, -4],
+}
+NOT_COCO = "not a COCO instances file: "
+BOX_RULE = "needs 'bbox' [x, y, width >= 0, height >= 0], got"
 
+# kind -> (what validate_coco_json says after "annotation file <json>: " (a regex),
+#          what training says: "file" = the same, prefixed by the dataset's name, as the
+#          annotation file is checked when detectron2 cannot load it; else the problem of
+#          the image record, which detectron2 loaded and gcnet_d2 checks before training)
+ANNOTATION_CASES = {
+    "missing": (re.escape("no such file"), "file"),
+    "list": (
+        re.escape(
+            f"{NOT_COCO}the top level is a JSON list, expected an object with 'images', "
+            "'annotations' and 'categories'"
+        ),
+        "file",
+    ),
+    "not_json": (r"not valid JSON \([^()]+ at line 1, column \d+\)", "file"),
+    "no_images": (
+        re.escape(
+            f"{NOT_COCO}missing top-level key(s) ['images'] (found ['annotations', 'categories'])"
+        ),
+        "file",
+    ),
+    "no_file_name": (re.escape(f"{NOT_COCO}images[0] (id 1) needs a 'file_name'"), "file"),
+    "zero_height": (
+        re.escape(f"{NOT_COCO}images[0] (good0.jpg) needs a positive integer 'height'"),
+        "'height' must be a positive integer, got 0",
+    ),
+    "bad_category": (
+        re.escape(f"{NOT_COCO}annotations[1] refers to category_id 7, not in 'categories'"),
+        "file",
+    ),
+    "short_bbox": (
+        re.escape(f"{NOT_COCO}annotations[1] {BOX_RULE} [1, 2, 3]"),
+        "annotation 1: 'bbox' must be 4 finite numbers, got [1, 2, 3]",
+    ),
+    "text_in_bbox": (
+        re.escape(f"{NOT_COCO}annotations[1] {BOX_RULE} [1, 2, '3', 4]"),
+        "annotation 1: 'bbox' must be 4 finite numbers, got [1, 2, '3', 4]",
+    ),
+}
+
+
+def _register_variant(root: Path, kind: str) -> tuple[str, Path]:
+    """Image good0.jpg and the annotation file of ``kind`` (none for "missing"), registered."""
+    root.mkdir(parents=True, exist_ok=True)
+    _write(root, "good0.jpg", "rgb")
+    json_file = root / "instances.json"
+    if kind != "missing":
+        json_file.write_text(_coco_variant(kind))
+    name = f"bad_json_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(json_file), str(root))
+    return name, json_file
+
+
+@pytest.mark.parametrize("kind", [*ANNOTATION_CASES, "negative_width", "negative_height"])
+def test_annotation_file_check_names_file_entry_and_problem(tmp_path: Path, kind: str):
+    _, json_file = _register_variant(tmp_path, kind)
     with pytest.raises(DatasetError) as info:
         validate_coco_json(str(json_file))
-    assert str(json_file) in str(info.value) and expected in str(info.value)
+    if kind in BAD_BOXES:
+        expected = re.escape(f"{NOT_COCO}annotations[1] {BOX_RULE} {BAD_BOXES[kind]!r}")
+    else:
+        expected = ANNOTATION_CASES[kind][0]
+    prefix = re.escape(f"annotation file {json_file}: ")
+    assert re.fullmatch(prefix + expected, str(info.value))
 
-    with pytest.raises(DatasetError) as info:  # what training reports
+
+@pytest.mark.parametrize("kind", list(ANNOTATION_CASES))
+def test_training_on_a_bad_annotation_file_names_it(tmp_path: Path, kind: str):
+    name, json_file = _register_variant(tmp_path, kind)
+    with pytest.raises(DatasetError) as info:
         GCNetTrainer.build_train_loader(make_cfg(name))
-    assert expected in str(info.value) or "bbox" in str(info.value)
+    validate_says, record_problem = ANNOTATION_CASES[kind]
+    if record_problem == "file":
+        expected = re.escape(f"dataset {name!r}: annotation file {json_file}: ") + validate_says
+    else:
+        expected = re.escape(
+            f"1 of 1 images of training set [{name!r}] cannot be used: "
+            f"{tmp_path / 'good0.jpg'}: {record_problem}. Fix or remove them; {SKIP_HINT}"
+        )
+    assert re.fullmatch(expected, str(info.value)), str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,  # DID NOT RAISE; another error or wording fails the test
+    reason="known gap: the training loader's record check (validation._record_problem) lets "
+    "a box with a negative width or height through, although validate_coco_json rejects it",
+)
+@pytest.mark.parametrize("kind", ["negative_width", "negative_height"])
+def test_training_names_a_box_of_negative_size(tmp_path: Path, kind: str):
+    name, _ = _register_variant(tmp_path, kind)
+    box = re.escape(repr(BAD_BOXES[kind]))
+    with pytest.raises(DatasetError, match=rf"good0\.jpg: annotation 1: .*{box}"):
+        GCNetTrainer.build_train_loader(make_cfg(name))
 
 
 def test_unregistered_dataset_name():
-    with pytest.raises(DatasetError, match="'no_such_dataset' is not registered"):
+    with pytest.raises(DatasetError) as info:
         GCNetTrainer.build_train_loader(make_cfg("no_such_dataset"))
+    assert str(info.value) == (
+        "dataset 'no_such_dataset' is not registered; register it with detectron2's "
+        "DatasetCatalog (e.g. register_coco_instances) before training"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +504,8 @@ def test_cli_unwritable_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture
     line = _cli_error(
         capsys, ["--config-file", QUICKSTART, "OUTPUT_DIR", str(blocker / "out"), *TINY_OPTS]
     )
-    assert f"OUTPUT_DIR {blocker / 'out'}: not writable" in line
+    out = re.escape(str(blocker / "out"))
+    assert re.fullmatch(rf"train_net.py: error: OUTPUT_DIR {out}: not writable \([^()]+\)", line)
 
 
 def test_cli_truncated_weights(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -365,13 +513,28 @@ def test_cli_truncated_weights(tmp_path: Path, capsys: pytest.CaptureFixture):
     weights.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     argv = ["--eval-only", "--config-file", QUICKSTART, "MODEL.WEIGHTS", str(weights)]
     line = _cli_error(capsys, [*argv, "OUTPUT_DIR", str(tmp_path / "out"), *TINY_OPTS])
-    assert f"checkpoint {weights}: truncated or corrupt" in line
+    assert line.startswith(
+        f"train_net.py: error: checkpoint {weights}: truncated or corrupt PyTorch zip archive ("
+    )
 
 
 def test_cli_bad_config_value(tmp_path: Path, capsys: pytest.CaptureFixture):
     argv = ["--config-file", QUICKSTART, "MODEL.GCNET.RATIO", "0.0"]
     line = _cli_error(capsys, [*argv, "OUTPUT_DIR", str(tmp_path / "out")])
-    assert "MODEL.GCNET.RATIO" in line
+    assert line == (
+        f"train_net.py: error: config {QUICKSTART} with command-line overrides: "
+        "MODEL.GCNET.RATIO: GC block ratio must be in (0, 1], got 0.0"
+    )
+
+
+def test_cli_bad_annotation_file(tmp_path: Path, capsys: pytest.CaptureFixture):
+    name, json_file = _register_variant(tmp_path / "data", "bad_category")
+    argv = ["--config-file", QUICKSTART, "OUTPUT_DIR", str(tmp_path / "out"), *TINY_OPTS]
+    line = _cli_error(capsys, [*argv, "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()"])
+    assert line == (
+        f"train_net.py: error: dataset {name!r}: annotation file {json_file}: not a COCO "
+        "instances file: annotations[1] refers to category_id 7, not in 'categories'"
+    )
 
 
 def test_cli_unknown_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch):

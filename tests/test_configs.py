@@ -1,9 +1,10 @@
-"""Every GCNet table config: loads, builds on the CPU, trains one step, runs inference."""
+"""Every GCNet table config: loads, builds (narrowed) on the CPU, trains one step, infers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -58,18 +59,98 @@ def test_row_builds_trains_and_infers(name):
     check_row_builds_trains_and_infers(name, "cpu")
 
 
+def narrow(cfg: CfgNode) -> None:
+    """The row's architecture at a fraction of its width (depth, groups, GC ratio, DCN,
+    norms, heads unchanged): the row's own widths are asserted first."""
+    res = cfg.MODEL.RESNETS
+    assert (4 if res.NUM_GROUPS == 32 else 64) == res.WIDTH_PER_GROUP
+    assert (res.STEM_OUT_CHANNELS, res.RES2_OUT_CHANNELS, cfg.MODEL.FPN.OUT_CHANNELS) == (
+        64,
+        256,
+        256,
+    )
+    res.STEM_OUT_CHANNELS = 16
+    res.RES2_OUT_CHANNELS = 64
+    res.WIDTH_PER_GROUP = max(1, 16 // res.NUM_GROUPS)
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 16
+
+
+def calibrate_norms(model: torch.nn.Module, image: torch.Tensor) -> None:
+    """Realistic random weights: every batch norm's running statistics set to those of its
+    input on ``image``, as a trained model's match its data. (With the initial mean 0 and
+    variance 1 nothing is normalised and a random R-101's features reach 1e5.)"""
+
+    seen = set()
+
+    def set_stats(norm: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        norm.running_mean.copy_(inputs[0].mean((0, 2, 3)))
+        norm.running_var.copy_(inputs[0].var((0, 2, 3), unbiased=False))
+        seen.add(norm)
+
+    norms = [
+        m for m in model.modules() if isinstance(getattr(m, "running_var", None), torch.Tensor)
+    ]
+    handles = [m.register_forward_pre_hook(set_stats) for m in norms]
+    model.eval()
+    try:
+        with torch.no_grad():  # the norms are all in the backbone
+            model.backbone(model.preprocess_image([{"image": image}]).tensor)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) == len(norms) > 0  # none folded away
+
+
+def first_step_learners(model: torch.nn.Module, cfg: CfgNode) -> set[str]:
+    """Names of the parameters one SGD step on :func:`tiny_batch` must change: every trainable
+    one except those that get no gradient by design:
+
+    - in each GC block, those before its zero-initialised last convs;
+    - with ``MODEL.RPN.BOUNDARY_THRESH >= 0`` (the Cascade rows: mmdetection drops anchors
+      crossing the image border), FPN's p4 and p5 output convs: every anchor of p4-p6
+      (128 px and more) crosses the border of a 96x128 image, and the RoIs (boxes under
+      112 px) are pooled from p2/p3.
+    """
+    silent = set()
+    if cfg.MODEL.RPN.BOUNDARY_THRESH >= 0:
+        silent |= {f"backbone.fpn_output{i}.{p}" for i in (4, 5) for p in ("weight", "bias")}
+    for prefix, block in model.named_modules():
+        if isinstance(block, ContextBlock):
+            last = [
+                f"{t}.{len(getattr(block, t)) - 1}."
+                for t in ("channel_add_conv", "channel_mul_conv")
+                if getattr(block, t) is not None
+            ]
+            silent |= {
+                f"{prefix}.{n}"
+                for n, _ in block.named_parameters()
+                if not n.startswith(tuple(last))
+            }
+    return {n for n, p in model.named_parameters() if p.requires_grad and n not in silent}
+
+
 def check_row_builds_trains_and_infers(name: str, device: str) -> None:
-    """Load, build on ``device``, check the architecture, one SGD step, one inference."""
+    """Load, build narrowed on ``device``, check the architecture; inference at score
+    threshold 0 gives well-formed output; one SGD step changes what should learn and nothing
+    else."""
     cfg = gcnet_d2.get_config(name)
     cfg.MODEL.DEVICE = device
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    # An untrained model scores every class about 1/81, under the row's 0.05: keep them all.
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
+    cfg.TEST.DETECTIONS_PER_IMAGE = 20
     expect = expected_architecture(name)
     res = cfg.MODEL.RESNETS
     assert (expect["depth"], expect["groups"]) == (res.DEPTH, res.NUM_GROUPS)
     assert res.STRIDE_IN_1X1 is False and cfg.INPUT.FORMAT == "RGB"
     assert cfg.MODEL.PIXEL_STD == [58.395, 57.12, 57.375]
     assert ("SyncBN" if expect["syncbn"] else "FrozenStatsBN") == res.NORM
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 2  # stem and res2 frozen (mmdet frozen_stages=1)
+    narrow(cfg)
 
     model = build_model(cfg)
     bottom_up = model.backbone.bottom_up
@@ -85,27 +166,51 @@ def check_row_builds_trains_and_infers(name: str, device: str) -> None:
     heads = type(model.roi_heads).__name__
     assert ("Cascade" in heads) == expect["cascade"]
 
+    image = tiny_batch(1)[0]["image"]
+    calibrate_norms(model, image)  # leaves the model in eval mode
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    with torch.no_grad():
+        (out,) = model([{"image": image, "height": 192, "width": 256}])
+    inst = out["instances"]
+    assert inst.image_size == (192, 256)
+    assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_masks"}
+    assert len(inst) == cfg.TEST.DETECTIONS_PER_IMAGE  # >= 1 per class survive class-wise NMS
+    boxes, scores, classes = inst.pred_boxes.tensor, inst.scores, inst.pred_classes
+    assert boxes.shape == (len(inst), 4) and torch.isfinite(boxes).all()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 256).all()  # clipped to the image
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= 192).all()
+    assert (boxes[:, 2:] >= boxes[:, :2]).all()
+    assert ((scores > 0) & (scores <= 1)).all() and (scores[:-1] >= scores[1:]).all()
+    assert classes.dtype == torch.int64 and 0 <= classes.min() <= classes.max() < num_classes
+    assert inst.pred_masks.shape == (len(inst), 192, 256) and inst.pred_masks.dtype == torch.bool
+
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    before = [p.detach().clone() for p in params]
-    optimizer = torch.optim.SGD(params, lr=0.01)
+    params = dict(model.named_parameters())
+    frozen = {n for n, p in params.items() if not p.requires_grad}
+    assert frozen and frozen == {
+        n for n in params if n.startswith(("backbone.bottom_up.stem.", "backbone.bottom_up.res2."))
+    }
+    before = {n: p.detach().clone() for n, p in params.items()}
+    buffers_before = {n: b.clone() for n, b in model.named_buffers()}
+    optimizer = torch.optim.SGD([p for p in params.values() if p.requires_grad], lr=0.01)
     with EventStorage():
         losses = model(tiny_batch(cfg.MODEL.ROI_HEADS.NUM_CLASSES))
-    for prefix in ("loss_rpn_cls", "loss_cls", "loss_box_reg", "loss_mask"):
+    for prefix in ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"):
         assert any(k.startswith(prefix) for k in losses), (prefix, sorted(losses))
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
     optimizer.step()
-    assert any(not torch.equal(a, p) for a, p in zip(before, params, strict=True))
+    changed = {n for n, p in params.items() if not torch.equal(before[n], p.detach())}
+    should = first_step_learners(model, cfg)
+    assert not changed - should, sorted(changed - should)  # frozen ones included
+    assert not should - changed, sorted(should - changed)
     if expect["gc_ratio"] is not None:  # the zero-initialised last conv learns in one step
         assert blocks[-1].channel_add_conv[3].weight.grad.abs().sum() > 0
-
-    model.eval()
-    with torch.no_grad():
-        (out,) = model([{"image": tiny_batch(1)[0]["image"], "height": 192, "width": 256}])
-    inst = out["instances"]
-    assert inst.image_size == (192, 256)
-    assert inst.pred_boxes.tensor.shape[1] == 4
-    assert inst.pred_masks.shape[1:] == (192, 256)
-    assert len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
+    # BN statistics: updated by a training forward in res3-res5 with SyncBN only (FrozenStatsBN
+    # and the frozen stem/res2 keep theirs).
+    moved = {n for n, b in model.named_buffers() if not torch.equal(buffers_before[n], b)}
+    trained_stages = tuple(f"backbone.bottom_up.res{i}." for i in (3, 4, 5))
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    updating = {n for n in buffers_before if n.startswith(trained_stages) and n.endswith(stats)}
+    assert updating and moved == (updating if expect["syncbn"] else set()), sorted(moved)
