@@ -30,7 +30,7 @@ Sections (``--sections``, all by default):
   recipe     one training iteration (2 images of different sizes) and its peak memory of GC
              r16 Mask R-CNN with mmdetection's training components (the table configs'
              MODEL.MMDET_TRAIN.*, bitmap mask targets) vs Detectron2's stock components, the
-             same weights and ground truth (issue 10's cost; target <= 1.03x).
+             same weights and ground truth (target <= 1.03x).
   flops      parameters and FLOPs (fvcore's counter; 1 multiply-add = 1 flop) of each, and
              of the GC r16 backbone with every speed-up removed (``gcnet_d2.fast.remove``:
              conv, norm and GC block as mmcv runs them).
