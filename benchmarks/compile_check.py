@@ -40,11 +40,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.fixtures import plain_code  # noqa: E402
 from benchmarks.timing import median_ci  # noqa: E402
+from tests.testing import (  # noqa: E402
+    calibrate_norms,
+    peaked_class_scores,
+    randomize_context_blocks,
+)
 
 CONFIG = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
-NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
 def cfg_for(gc: bool, device: str):  # noqa: ANN201
@@ -59,42 +62,11 @@ def cfg_for(gc: bool, device: str):  # noqa: ANN201
 
 @torch.no_grad()
 def realistic_(model: nn.Module, run: Callable[[], object], seed: int = 0) -> None:
-    """Kaiming conv weights, norm statistics measured on one pass (activations stay O(1)),
-    non-zero GC blocks, small gain on each bottleneck's last norm."""
-    from detectron2.layers import FrozenBatchNorm2d
-
-    from gcnet_d2.layers import FrozenStatsBatchNorm2d
-
-    g = torch.Generator().manual_seed(seed)
-    dev = next(model.parameters()).device
-    norms = []
-    for name, m in model.named_modules():
-        if isinstance(m, FrozenBatchNorm2d | FrozenStatsBatchNorm2d | nn.BatchNorm2d):
-            gain = (0.1, 0.3) if name.endswith("conv3.norm") else (0.5, 1.5)
-            m.weight.copy_(torch.empty(m.weight.shape).uniform_(*gain, generator=g))
-            m.bias.copy_(torch.empty(m.bias.shape).uniform_(-0.2, 0.2, generator=g))
-            norms.append(m)
-        elif isinstance(m, nn.Conv2d | nn.Linear | nn.ConvTranspose2d):
-            fan_in = m.weight[0].numel()
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / fan_in) ** 0.5)
-            if m.bias is not None:
-                m.bias.copy_(torch.empty(m.bias.shape).uniform_(-0.1, 0.1, generator=g))
-        elif isinstance(m, nn.LayerNorm):
-            m.weight.copy_(torch.empty(m.weight.shape).uniform_(0.5, 1.5, generator=g))
-
-    def stats(mod: nn.Module, args: tuple) -> None:
-        x = args[0].float()
-        mod.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        mod.running_var.copy_(x.var(dim=(0, 2, 3)) + 1e-3)
-
-    hooks = [m.register_forward_pre_hook(stats) for m in norms]
-    try:
-        with plain_code(model):  # the norms must run (not be folded) to see their inputs
-            run()
-    finally:
-        for h in hooks:
-            h.remove()
-    model.to(dev)
+    """The tests' realistic random weights (``tests/testing.py``): norm statistics measured on
+    one pass (activations stay O(1)), small gain on each bottleneck's last norm, non-zero GC
+    blocks."""
+    calibrate_norms(model, run)
+    randomize_context_blocks(model, seed, std=0.05)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -242,19 +214,11 @@ def part_model(s: argparse.Namespace) -> None:
     plain = build_model(cfgs[False]).eval()
     gc = build_model(cfgs[True]).eval()
     one = [{"image": images[0], "height": h, "width": w}]
-    with torch.no_grad():
-        realistic_(plain, lambda: plain(one))
-        cls = plain.roi_heads.box_predictor.cls_score
-        cls.weight.mul_(0.1)
-        bias = torch.randn(cls.bias.shape, generator=torch.Generator().manual_seed(4)) * 3
-        bias[-1] = -4.0
-        cls.bias.copy_(bias.to(dev))
-        missing = gc.load_state_dict(plain.state_dict(), strict=False).missing_keys
-        assert missing and all("context_block" in k for k in missing), missing
-        gen = torch.Generator().manual_seed(5)
-        for name, p in gc.named_parameters():
-            if "context_block" in name:
-                p.copy_((torch.randn(p.shape, generator=gen) * 0.05).to(dev))
+    realistic_(plain, lambda: plain(one))
+    peaked_class_scores(plain)
+    missing = gc.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all("context_block" in k for k in missing), missing
+    randomize_context_blocks(gc, seed=5, std=0.05)
     fast.apply(plain, cfgs[False])
     fast.apply(gc, cfgs[True])
     print(f"== model: Mask R-CNN R-50-FPN inference {h}x{w} on {dev}")

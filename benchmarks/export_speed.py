@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from detectron2.modeling import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gcnet_d2  # noqa: E402
 from gcnet_d2 import fast  # noqa: E402
 from gcnet_d2.export import eager_detections, trace_detector  # noqa: E402
-from tests.export_helpers import realistic_weights, sample_image  # noqa: E402
+from tests.testing import realistic_export_model, sample_image  # noqa: E402
 
 
 def main() -> None:
@@ -40,8 +39,7 @@ def main() -> None:
     cfg = gcnet_d2.get_config(args.config)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    torch.manual_seed(0)
-    model = fast.apply(realistic_weights(build_model(cfg)), cfg).eval()
+    model = fast.apply(realistic_export_model(cfg), cfg).eval()
     image = sample_image(*args.size, seed=1)
     traced, _ = trace_detector(model, image)
     with torch.no_grad():

@@ -10,21 +10,23 @@ figures time gcnet_d2 as it is used. The plain variant gets the same speed-ups (
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from torch import nn
 
 import gcnet_d2
 from gcnet_d2 import fast
-from gcnet_d2.layers import ContextBlock, FrozenStatsBatchNorm2d
 from gcnet_d2.modeling import GCBottleneckBlock, build_gcnet_resnet_backbone
+from tests.testing import (  # the tests' realistic random weights, shared
+    calibrate_norms,
+    peaked_class_scores,
+    randomize_context_blocks,
+)
 
 # c3/c4/c5 of an 800x1333 image padded to 800x1344 (FPN size divisibility 32).
 STAGE_SHAPES = {"c3": (512, 100, 168), "c4": (1024, 50, 84), "c5": (2048, 25, 42)}
@@ -46,76 +48,6 @@ PLAIN, R16, R4, CONTROL = "plain", "GC r16", "GC r4", "GC r16 minus GC (control)
 
 
 # --------------------------------------------------------------------------------------
-
-
-def randomize_context_blocks(model: nn.Module, seed: int = 0) -> None:
-    """GC blocks as after training: no exactly-zero transform (same work, realistic values)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, ContextBlock):
-                for p in m.parameters():
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-                for seq in (m.channel_add_conv, m.channel_mul_conv):
-                    if seq is not None:
-                        seq[1].weight.fill_(1.0)
-
-
-NORM_TYPES = (FrozenBatchNorm2d, FrozenStatsBatchNorm2d, nn.modules.batchnorm._BatchNorm)
-
-
-@contextlib.contextmanager
-def plain_code(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` on its plain modules inside the block (:func:`gcnet_d2.fast.remove`), then
-    back to the speed-ups it had, each module's settings included."""
-    saved = [(m, type(m), dict(m.__dict__)) for m in model.modules()]
-    fast.remove(model)
-    try:
-        yield model
-    finally:
-        for m, cls, attrs in saved:
-            m.__class__ = cls
-            for key, value in attrs.items():  # what remove() dropped (fold_norm, gemm_1x1, ...)
-                m.__dict__.setdefault(key, value)
-
-
-@torch.no_grad()
-def calibrate_norms(model: nn.Module, run: Callable[[], object], branch_gain: float = 0.25) -> None:
-    """Data-dependent init: every norm's statistics := those of its input on one forward.
-
-    The forward runs the plain modules (:func:`plain_code`): a model with
-    ``gcnet_d2.fast.apply`` folds its frozen norms into the convolutions at inference, so the
-    norms would never run and never be calibrated.
-
-    Random weights with unit statistics make activations explode or vanish (denormals slow
-    the CPU); calibrated, every layer sees O(1) values as in a trained network. The last
-    norm of each residual branch (``conv3.norm``) outputs ``branch_gain`` times unit scale, as
-    trained ResNets' small last-BN scales do; with unit gain a random 50-layer ResNet is
-    chaotic (a 0.4% input change moves res5 by ~40%), which would make any numerical
-    comparison (bf16, compile) meaningless.
-    """
-    handles = []
-
-    def hook(module: nn.Module, inputs: tuple, gain: float) -> None:
-        x = inputs[0].float()
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_((x.var(dim=(0, 2, 3)) + 1e-3) / gain**2)
-
-    for name, m in model.named_modules():
-        if isinstance(m, NORM_TYPES) and getattr(m, "running_mean", None) is not None:
-            gain = branch_gain if name.endswith("conv3.norm") else 1.0
-            handles.append(m.register_forward_pre_hook(partial(hook, gain=gain)))
-    was_training = model.training
-    model.eval()
-    try:
-        with plain_code(model):
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-
-
 def load_shared(dst: nn.Module, src: nn.Module) -> None:
     """Copy every weight ``src`` and ``dst`` share (all but the GC blocks)."""
     missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
@@ -171,22 +103,6 @@ def build_backbones(depth: str, device: torch.device, size: tuple[int, int]) -> 
     calibrate_norms(out[PLAIN], partial(out[PLAIN], image))
     share_plain_weights(out, cfgs, with_control=True)
     return out
-
-
-@torch.no_grad()
-def peaked_class_scores(model: nn.Module) -> None:
-    """Class logits that a trained detector's resemble: a few confident classes per box.
-
-    With random weights every class scores ~1/81, below the 0.05 test threshold, so nothing
-    would be detected and the mask head would never run. A per-class bias (std 3, background
-    -4) gives each box a few classes above 0.05: NMS and the mask head see realistic loads.
-    """
-    cls_score = model.roi_heads.box_predictor.cls_score
-    gen = torch.Generator().manual_seed(4)
-    cls_score.weight.mul_(0.1)
-    bias = torch.randn(cls_score.bias.shape, generator=gen) * 3
-    bias[-1] = -4.0  # detectron2's background is the last class
-    cls_score.bias.copy_(bias)
 
 
 def build_models(

@@ -2,7 +2,7 @@
 
 mmdetection's detector is built from mmdetection's own config file (shipped in the package,
 ``mmdet/.mim/configs/gcnet/``) with ``mmengine.Config.fromfile``, given seeded realistic
-weights (``tests/mmdet_reference.randomize_weights_``: calibrated norms, O(1) activations)
+weights (``tests/parity/mmdet_reference.randomize_weights_``: calibrated norms, O(1) activations)
 and peaked class scores (so that the 100 detections a trained detector makes exist and the
 mask head and paste run at full load), saved as an mmdetection checkpoint and loaded into
 gcnet_d2's detector through ``GCNetCheckpointer``; ours then gets its config's speed-ups
@@ -44,7 +44,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.timing import median_ci, quantile  # noqa: E402
 
-# tests/mmdet_reference.py kind (mmdetection's own config file), gcnet_d2 config, per kind.
+# tests/parity/mmdet_reference.py kind (mmdetection's own config file), gcnet_d2 config, per kind.
 KINDS = {
     "r50": ("mask_rcnn_r50_gc_r16", "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"),
     "x101-cascade": (
@@ -58,9 +58,9 @@ PARTS = ("bottom-up", "FPN", "RPN", "RoI heads", "post-processing", "total", "cp
 
 def build_mmdet_from_file(kind: str, seed: int = 0) -> nn.Module:
     """mmdetection's detector built from its own config file (80 classes) by
-    ``tests/mmdet_reference.build_mmdet_model``: seeded realistic weights, eval mode; then
+    ``tests/parity/mmdet_reference.build_mmdet_model``: seeded realistic weights, eval mode; then
     peaked class scores."""
-    from tests import mmdet_reference as ref
+    from tests.parity import mmdet_reference as ref
 
     if not ref.mmdet_available():
         raise RuntimeError(ref.mmdet_unavailable_reason())
@@ -102,7 +102,7 @@ def build_ours(d2_config: str) -> nn.Module:
 def build_ours_from_mmdet(mm: nn.Module, d2_config: str, path: str) -> nn.Module:
     """:func:`build_ours` with ``mm``'s weights (saved to ``path``, loaded by our checkpointer)."""
     from gcnet_d2.checkpoint import GCNetCheckpointer
-    from tests import mmdet_reference as ref
+    from tests.parity import mmdet_reference as ref
 
     ref.save_mmdet_checkpoint(mm, path)
     model = build_ours(d2_config)
@@ -346,7 +346,7 @@ def section_mmdet(s, timer) -> list[dict]:  # noqa: ANN001  (Settings, Timer)
     from benchmarks.memory import measure_peak_memory
     from benchmarks.report import make_row, print_row
     from benchmarks.timing import Result
-    from tests import mmdet_reference as ref
+    from tests.parity import mmdet_reference as ref
 
     if not ref.mmdet_available():
         print(f"mmdet section skipped: {ref.mmdet_unavailable_reason()}")

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gcnet_d2.layers import ContextBlock, DeformConv2dWithOffset
-from tests.helpers import table_config_names
-from tests.test_configs import check_row_builds_trains_and_infers
-from tests.test_gc_fold import FUSIONS, build, grads, plain_copy, randomize
+from tests.configs.test_configs import check_row_builds_trains_and_infers
+from tests.fast.test_gc_fold import FUSIONS, build, grads, plain_copy, randomize
+from tests.testing import table_config_names
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),

@@ -19,23 +19,17 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-import gcnet_d2
 from gcnet_d2 import GCNetPredictor
 from gcnet_d2.engine import GCNetTrainer
+from tests.testing import QUICKSTART_NAME, tiny_cfg
 
 # The quick-start architecture, narrowed; every proposal kept (score threshold 0).
 TINY = [
-    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
     "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
     "TEST.DETECTIONS_PER_IMAGE", "10",
     "INPUT.MIN_SIZE_TEST", "96",
     "INPUT.MAX_SIZE_TEST", "128",
-    "DATALOADER.NUM_WORKERS", "0",
 ]  # fmt: skip
 
 
@@ -60,15 +54,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     image = cv2.GaussianBlur(image, (3, 3), 0)  # some structure, still full of detail
     assert cv2.imwrite(str(tmp / "image.png"), image)  # lossless
     torch.manual_seed(0)
-    DetectionCheckpointer(build_model(tiny_cfg()), save_dir=str(tmp)).save("random")
+    DetectionCheckpointer(build_model(predictor_cfg()), save_dir=str(tmp)).save("random")
     return tmp / "image.png", tmp / "random.pth"
 
 
-def tiny_cfg(*opts: str) -> CfgNode:
-    cfg = gcnet_d2.get_config("quickstart/mask_rcnn_r50_fpn_r16_gcb_synthetic.yaml")
-    cfg.merge_from_list([*TINY, *opts])
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+def predictor_cfg(*opts: str) -> CfgNode:
+    return tiny_cfg(QUICKSTART_NAME, *TINY, *opts)
 
 
 @pytest.mark.parametrize("input_format", ["RGB", "BGR"])
@@ -78,7 +69,7 @@ def test_detections_equal_the_test_loaders(files: tuple[Path, Path], input_forma
     if name not in DatasetCatalog.list():
         record = {"file_name": str(image_file), "image_id": 0, "height": 150, "width": 200}
         DatasetCatalog.register(name, lambda: [dict(record)])
-    cfg = tiny_cfg("INPUT.FORMAT", input_format, "DATASETS.TEST", f"('{name}',)")
+    cfg = predictor_cfg("INPUT.FORMAT", input_format, "DATASETS.TEST", f"('{name}',)")
     cfg.MODEL.WEIGHTS = str(weights)
 
     # The evaluation path: gcnet_d2's test loader, then the model.

@@ -129,7 +129,17 @@ def load_image(path: str, setup: Setup) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command with ``argv``; returns the exit status: 0, :data:`EXIT_MISMATCH`, or
+    :data:`EXIT_KNOWN_ERROR` after one ``export_model.py: error:`` line on stderr."""
     args = parse_args(argv)
+    try:
+        return export(args)
+    except (ExportRouteError, *KNOWN_ERRORS) as e:
+        print(f"export_model.py: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_KNOWN_ERROR
+
+
+def export(args: argparse.Namespace) -> int:
     routes.check_route(args.export_method, args.format, args.part, args.opset)  # before slow work
     is_lazy = args.config_file.endswith(".py")
     setup = (setup_lazy if is_lazy else setup_yaml)(args.config_file, args.opts)
@@ -161,8 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ExportRouteError, *KNOWN_ERRORS) as e:
-        print(f"export_model.py: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(EXIT_KNOWN_ERROR)
+    sys.exit(main())

@@ -38,10 +38,14 @@ class MMDetResizeShortestEdge(T.Augmentation):
     ``scale = min(short / min(h, w), max_size / max(h, w))``, sides ``int(side * scale + 0.5)``.
     """
 
-    def __init__(self, short_edge_length: tuple[int, ...], max_size: int, backend: str = "cv2"):
+    def __init__(
+        self, short_edge_length: int | tuple[int, ...], max_size: int, backend: str = "cv2"
+    ) -> None:
         super().__init__()
         if backend not in ("cv2", "pil"):
             raise ValueError(f"INPUT.RESIZE_BACKEND must be 'cv2' or 'pil', got {backend!r}")
+        if isinstance(short_edge_length, int):  # one size, as detectron2's ResizeShortestEdge
+            short_edge_length = (short_edge_length,)
         self.short_edge_length = tuple(short_edge_length)
         self.max_size = max_size
         self.backend = backend

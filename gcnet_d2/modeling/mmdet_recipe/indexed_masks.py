@@ -7,7 +7,7 @@ bitmap, and ``BitMasks.crop_and_resize`` converts all of them to float32: for 51
 section of ``benchmarks/run.py``: 1.22x the peak memory of polygon targets). The 28x28
 targets need only the GT masks themselves: RoIAlign takes each RoI's batch index, which here
 is its GT's row. Same kernel on the same values, so the targets are identical
-(``tests/test_indexed_masks.py``).
+(``tests/modeling/mmdet_recipe/test_indexed_masks.py``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Tests of gcnet_d2.export: TorchScript, torch.export and ONNX routes."""

@@ -1,0 +1,1 @@
+"""Tests of gcnet_d2.fast: the inference and training speed-ups against the plain modules."""

@@ -1,0 +1,1 @@
+"""Numerical parity with mmdetection's own code (tests/parity/mmdet_reference.py)."""
