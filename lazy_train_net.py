@@ -8,6 +8,11 @@
     python lazy_train_net.py --config-file configs/gcnet/<row>.py train.max_iter=100 \
         dataloader.train.total_batch_size=8
 
+Started by torchrun or inside an ``srun`` step, each process joins the launcher's group
+instead of spawning; a lost peer stops the others with one line; ``--resume`` may always be
+passed and a restarted job resumes by itself; ``--checkpoint-minutes M`` adds time-based
+checkpoints (:mod:`gcnet_d2.launch`, docs/clusters.md).
+
 Trailing ``key=value`` arguments override the config. Without CUDA the model runs on the CPU
 (``train.device`` becomes ``cpu``). Checkpoints load through :class:`GCNetCheckpointer`, so
 ``train.init_checkpoint`` may be a released mmdetection checkpoint. Final metrics go to
@@ -35,7 +40,6 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from omegaconf import DictConfig, OmegaConf
@@ -46,6 +50,10 @@ from gcnet_d2 import fast
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.data import ensure_synthetic_generated
 from gcnet_d2.engine import create_ddp_model, write_results
+from gcnet_d2.errors import LaunchError
+from gcnet_d2.launch import add_cluster_arguments, launch, resume_if_restarted
+from gcnet_d2.peers import ProgressHook
+from gcnet_d2.resume import CheckpointSync
 
 logger = logging.getLogger("gcnet_d2")
 
@@ -143,8 +151,14 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> OrderedDict:
 
     trainer.register_hooks(
         [
+            ProgressHook(cfg.train.output_dir),
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            CheckpointSync(
+                checkpointer if comm.is_main_process() else None,
+                cfg.train.checkpointer.period,
+                getattr(args, "checkpoint_minutes", 0.0),
+            ),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
@@ -178,20 +192,28 @@ def main(args: argparse.Namespace) -> OrderedDict:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    args = default_argument_parser().parse_args(argv)
+    args = add_cluster_arguments(default_argument_parser()).parse_args(argv)
     try:  # before any process starts: one line and exit 2 for a bad override
         check_overrides(LazyConfig.load(args.config_file), args.opts)
     except KeyError as e:
         print(f"lazy_train_net.py: error: {e.args[0]}", file=sys.stderr)
         sys.exit(EXIT_BAD_OVERRIDE)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    resume_if_restarted(args, "lazy_train_net.py")
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            dist_timeout_minutes=args.dist_timeout,
+            peer_timeout=args.peer_timeout,
+            program="lazy_train_net.py",
+        )
+    except LaunchError as e:
+        print(f"lazy_train_net.py: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_OVERRIDE)
 
 
 if __name__ == "__main__":

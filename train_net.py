@@ -8,6 +8,14 @@ Same flags as detectron2's tools/train_net.py (``--resume``, ``--num-machines``,
 ``--machine-rank``, ``--dist-url``, trailing ``KEY VALUE`` overrides). Without CUDA,
 ``--num-gpus N`` starts N CPU processes over gloo and ``MODEL.DEVICE`` becomes ``cpu``.
 
+Started by torchrun or inside an ``srun`` step, each process joins the launcher's group
+instead of spawning (:mod:`gcnet_d2.launch`; docs/clusters.md). A lost machine or process stops
+the others within a minute with one line naming it, the iteration, the last complete
+checkpoint and the command that continues (exit status 3). ``--resume`` may always be passed
+(nothing to resume: trains from the start), and a restarted job resumes by itself.
+``--checkpoint-minutes M`` adds time-based checkpoints; ``--peer-timeout`` /
+``--dist-timeout`` set how long a silent peer / a collective may take.
+
 Configs are read with ``yaml.safe_load`` only and checkpoints without unpickling code. A bad
 config, checkpoint or dataset, or an unwritable OUTPUT_DIR, prints one ``train_net.py: error:``
 line and exits with status 2 (docs/safety.md).
@@ -22,7 +30,7 @@ from collections import OrderedDict
 import detectron2.utils.comm as comm
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
@@ -33,6 +41,7 @@ from gcnet_d2.config_loading import load_config
 from gcnet_d2.engine import GCNetTrainer, write_results
 from gcnet_d2.errors import KNOWN_ERRORS, one_line, quiet_known_errors
 from gcnet_d2.io import check_output_dir
+from gcnet_d2.launch import add_cluster_arguments, launch, resume_if_restarted
 
 EXIT_KNOWN_ERROR = 2
 
@@ -60,7 +69,7 @@ def main(args: argparse.Namespace) -> OrderedDict:
         )
         results = GCNetTrainer.test(cfg, model)
     else:
-        trainer = GCNetTrainer(cfg)
+        trainer = GCNetTrainer(cfg, checkpoint_minutes=getattr(args, "checkpoint_minutes", 0))
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
         # EvalHook keeps the last evaluation here; train() returns it only with EXPECTED_RESULTS.
@@ -84,8 +93,9 @@ def main_or_exit(args: argparse.Namespace) -> OrderedDict:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    args = default_argument_parser().parse_args(argv)
+    args = add_cluster_arguments(default_argument_parser()).parse_args(argv)
     print("Command Line Args:", args)
+    resume_if_restarted(args, "train_net.py")
     try:
         launch(
             main_or_exit,
@@ -94,7 +104,13 @@ def cli(argv: list[str] | None = None) -> None:
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
             args=(args,),
+            dist_timeout_minutes=args.dist_timeout,
+            peer_timeout=args.peer_timeout,
+            program="train_net.py",
         )
+    except KNOWN_ERRORS as e:  # the launcher's environment or flags (LaunchError)
+        print(f"train_net.py: error: {one_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_KNOWN_ERROR)
     except ProcessExitedException as e:
         if e.exit_code == EXIT_KNOWN_ERROR:  # the worker printed its one-line error
             sys.exit(EXIT_KNOWN_ERROR)

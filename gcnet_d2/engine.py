@@ -12,7 +12,11 @@ Five things differ from ``DefaultTrainer``:
 - evaluation uses ``COCOEvaluator`` (which falls back to pycocotools' COCOeval by itself when
   detectron2's compiled extension is absent);
 - with several CPU processes (gloo), the model is wrapped in DistributedDataParallel without
-  ``device_ids`` (detectron2 passes the local rank, which torch accepts for CUDA modules only).
+  ``device_ids`` (detectron2 passes the local rank, which torch accepts for CUDA modules only);
+  a CUDA model gets the device it is on (the local rank's, or the only one a launcher gave);
+- every process records its progress for the lost-peer report (:mod:`gcnet_d2.peers`), and
+  checkpoints carry every process's RNG state and may also be written every
+  ``checkpoint_minutes`` (:class:`gcnet_d2.resume.CheckpointSync`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Iterator
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.config import CfgNode
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from torch import nn
 
@@ -35,6 +39,7 @@ from .checkpoint import GCNetCheckpointer
 from .data import ensure_synthetic_generated, loaders
 from .data.mapper import build_gcnet_mapper
 from .io import atomic_write_text
+from .peers import ProgressHook
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ def create_ddp_model(model: nn.Module, **kwargs: object) -> nn.Module:
         param = next(model.parameters(), None)
         if param is None or param.device.type == "cpu":
             kwargs["device_ids"] = None
+        elif param.device.type == "cuda":
+            kwargs["device_ids"] = [param.device.index]
     return _d2_create_ddp_model(model, **kwargs)
 
 
@@ -66,7 +73,10 @@ def _gcnet_trainer_parts() -> Iterator[None]:
 class GCNetTrainer(DefaultTrainer):
     """DefaultTrainer for gcnet_d2 configs; see the module docstring for what differs."""
 
-    def __init__(self, cfg: CfgNode) -> None:
+    def __init__(self, cfg: CfgNode, checkpoint_minutes: float = 0.0) -> None:
+        """``checkpoint_minutes > 0``: also checkpoint once that many minutes have passed since
+        the last checkpoint (``--checkpoint-minutes``; :class:`gcnet_d2.resume.CheckpointSync`)."""
+        self.checkpoint_minutes = float(checkpoint_minutes or 0.0)
         with _gcnet_trainer_parts():
             super().__init__(cfg)
 
@@ -87,11 +97,30 @@ class GCNetTrainer(DefaultTrainer):
         mapper = build_gcnet_mapper(cfg, False)
         return loaders.build_test_loader(cfg, dataset_name, mapper=mapper)
 
+    def build_hooks(self) -> list[HookBase | None]:
+        """detectron2's hooks, with :class:`CheckpointSync` just before the checkpointer (in
+        every process) and the progress record for the lost-peer report first."""
+        ret = super().build_hooks()
+        at = next(
+            i
+            for i, h in enumerate(ret)
+            if isinstance(h, hooks.PeriodicCheckpointer | hooks.EvalHook)
+        )
+        sync = resume.CheckpointSync(
+            self.checkpointer if comm.is_main_process() else None,
+            self.cfg.SOLVER.CHECKPOINT_PERIOD,
+            getattr(self, "checkpoint_minutes", 0.0),
+        )
+        return [ProgressHook(self.cfg.OUTPUT_DIR), *ret[:at], sync, *ret[at:]]
+
     # Resume state beyond detectron2's (data position, RNGs): see gcnet_d2.resume.
     def state_dict(self) -> dict:
         ret = super().state_dict()
         sampler = getattr(self._trainer.data_loader, "resumable_sampler", None)
         ret["gcnet_resume"] = resume.capture_training_state(sampler)
+        gathered = getattr(self, "rank_rng_states", None)
+        if gathered is not None and gathered["iteration"] == self.iter:
+            ret["gcnet_resume"]["rng_per_rank"] = gathered["states"]
         return ret
 
     def load_state_dict(self, state_dict: dict) -> None:

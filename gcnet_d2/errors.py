@@ -19,6 +19,7 @@ __all__ = [
     "CheckpointMismatchError",
     "ConfigError",
     "DatasetError",
+    "LaunchError",
     "OutputDirError",
     "one_line",
     "quiet_known_errors",
@@ -45,12 +46,17 @@ class DatasetError(RuntimeError):
     """A dataset that cannot be used as it is; the message names the file and the problem."""
 
 
+class LaunchError(RuntimeError):
+    """The launcher's environment (torchrun, SLURM) or the launch flags cannot be used."""
+
+
 #: Errors whose message names the file/key and the problem; entry points print just that.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CheckpointLoadError,
     CheckpointMismatchError,
     DatasetError,
+    LaunchError,
     OutputDirError,
 )
 

@@ -7,14 +7,18 @@ its checkpoint state (all of it tensors, ints and lists, readable with ``weights
 
 - the sampler's shuffling seed, and on resume the sampler skips the
   ``iterations done x images per process`` indices already consumed (:class:`ResumableSampler`);
-- the torch, numpy and Python RNG states at the checkpoint (:func:`capture_rng_state`),
-  restored on resume in a single-process run.
+- the torch (and current CUDA device's), numpy and Python RNG states at the checkpoint
+  (:func:`capture_rng_state`); with several processes, every process's
+  (:class:`CheckpointSync` gathers them into the main process's checkpoint).
 
-Single process, ``DATALOADER.NUM_WORKERS 0``, same thread count: the resumed run computes what
-the uninterrupted one computes, so final weights are bit-identical (tested). With loader
-workers the data order is still exact but augmentation randomness (drawn in the workers)
-restarts; with several processes, data order is exact and each process's RNGs are re-seeded
-from (seed, rank, iteration) since only the main process's state is in the checkpoint.
+``DATALOADER.NUM_WORKERS 0``, same thread count: the resumed run computes what the
+uninterrupted one computes, so final weights are bit-identical (tested with one process, and
+with two after a SIGKILL under ``torchrun --max-restarts``). With loader workers the data order
+is still exact but augmentation randomness (drawn in the workers) restarts. A checkpoint
+resumed with another number of processes keeps the data order; each process's RNGs are then
+re-seeded from (seed, rank, iteration).
+
+:class:`CheckpointSync` also writes time-based checkpoints (``--checkpoint-minutes``).
 With aspect-ratio grouping over images of both orientations the skipped count can be off by the
 images held in a half-filled group.
 """
@@ -24,16 +28,20 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from torch.utils.data import Sampler
 
 __all__ = [
+    "CheckpointSync",
     "ResumableSampler",
     "capture_rng_state",
     "capture_training_state",
@@ -77,11 +85,18 @@ class ResumableSampler(Sampler[int]):
         yield from it
 
 
+def _cuda_rng_in_use() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def capture_rng_state() -> dict[str, Any]:
-    """torch, numpy and Python RNG states as tensors, ints and floats (weights_only-safe)."""
+    """torch (CPU, and the current CUDA device's once CUDA is in use), numpy and Python RNG
+    states as tensors, ints and floats (weights_only-safe)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
+    extra = {"cuda": torch.cuda.get_rng_state()} if _cuda_rng_in_use() else {}
     return {
+        **extra,
         "torch": torch.get_rng_state(),
         "numpy": {
             "name": str(name),
@@ -101,6 +116,8 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     np_state = state["numpy"]
     np.random.set_state(
         (
@@ -152,10 +169,69 @@ def restore_training_state(
             "augmentation and sampling restart from the seed"
         )
         return
-    if comm.get_world_size() == 1 and state.get("world_size", 1) == 1:
+    per_rank = state.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == comm.get_world_size():
+        restore_rng_state(per_rank[comm.get_rank()])
+    elif comm.get_world_size() == 1 and state.get("world_size", 1) == 1:
         restore_rng_state(state["rng"])
     else:
-        # Only the main process's RNG state is saved; give every process a fresh, distinct
-        # stream instead of replaying the first iterations' random draws.
+        # This process's RNG state is not in the checkpoint (another number of processes, or
+        # written without CheckpointSync): give every process a fresh, distinct stream
+        # instead of replaying the first iterations' random draws.
         mixed = np.random.SeedSequence([max(seed, 0), comm.get_rank(), iterations_done])
         seed_all_rng(int(mixed.generate_state(1)[0]) % 2**31)
+
+
+class CheckpointSync(HookBase):
+    """Runs in every process, just before ``PeriodicCheckpointer`` (which only the main
+    process has), and makes each checkpoint whole for a multi-process resume:
+
+    - at every checkpoint iteration (each ``period``-th and the last) it gathers every
+      process's RNG state into ``trainer.rank_rng_states``, which ``GCNetTrainer.state_dict``
+      puts in the main process's checkpoint, so a resume restores each process's streams;
+    - with ``minutes > 0`` it also checkpoints when that long has passed since the last
+      checkpoint (``model_<iteration>.pth``, as the periodic ones), the main process's clock
+      deciding for all (one small broadcast per iteration).
+    """
+
+    def __init__(
+        self, checkpointer: Any, period: int, minutes: float = 0.0, file_prefix: str = "model"
+    ) -> None:
+        self.checkpointer = checkpointer  # the main process's; None elsewhere
+        self.period = int(period)
+        self.minutes = float(minutes or 0.0)
+        self.file_prefix = file_prefix
+        self._last = time.monotonic()
+        self._group = None
+
+    def before_train(self) -> None:
+        self._last = time.monotonic()
+        self.trainer.rank_rng_states = None
+        if self.minutes > 0 and comm.get_world_size() > 1 and dist.get_backend() != "gloo":
+            self._group = dist.new_group(backend="gloo")  # a CPU flag, not a GPU collective
+
+    def _time_is_up(self) -> bool:
+        if self.minutes <= 0:
+            return False
+        due = time.monotonic() - self._last >= self.minutes * 60
+        if comm.get_world_size() > 1:
+            flag = torch.tensor([int(due)], dtype=torch.int32)
+            dist.broadcast(flag, src=0, group=self._group)
+            due = bool(flag.item())
+        return due
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        periodic = (self.period > 0 and (it + 1) % self.period == 0) or (
+            it >= self.trainer.max_iter - 1
+        )
+        timed = self._time_is_up() and not periodic
+        if not (periodic or timed):
+            return
+        if comm.get_world_size() > 1:
+            states = comm.all_gather(capture_rng_state())
+            self.trainer.rank_rng_states = {"iteration": it, "states": states}
+        if timed and self.checkpointer is not None:
+            logger.info("%g minutes since the last checkpoint", self.minutes)
+            self.checkpointer.save(f"{self.file_prefix}_{it:07d}", iteration=it)
+        self._last = time.monotonic()

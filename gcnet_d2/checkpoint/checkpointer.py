@@ -12,6 +12,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..errors import CheckpointLoadError
 from ..io import atomic_torch_save, atomic_write_text
+from ..peers import checkpoint_write
 from .safe_load import load_checkpoint_file
 from .state_dict_conversion import LAYOUT_BACKBONE, LAYOUT_D2, convert_state_dict
 
@@ -54,8 +55,10 @@ class GCNetCheckpointer(DetectionCheckpointer):
         if os.path.basename(save_file) != basename:
             raise ValueError(f"checkpoint name {name!r} must not contain a path separator")
         self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_torch_save(data, save_file)
-        self.tag_last_checkpoint(basename)
+        # A process stopping for a lost peer lets this write finish first (gcnet_d2.peers).
+        with checkpoint_write():
+            atomic_torch_save(data, save_file)
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
