@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.structures import BoxMode
 
 from ..errors import DatasetError
 
@@ -186,6 +187,14 @@ def _summary(problems: list[tuple[str, str]], total: int, what: str) -> str:
     return f"{len(problems)} of {total} images of {what} cannot be used: {listed}{more}"
 
 
+def _negative_size(values: list, mode: object) -> bool:
+    """Whether a 4-number box has a negative side: ``w``/``h`` for COCO's XYWH (the default),
+    ``x1 > x0`` / ``y1 > y0`` violated for XYXY."""
+    if mode in (BoxMode.XYXY_ABS, BoxMode.XYXY_ABS.value):
+        return values[2] < values[0] or values[3] < values[1]
+    return values[2] < 0 or values[3] < 0
+
+
 def _record_problem(record: dict) -> str | None:
     """Why a dataset record cannot be trained on: its file, size fields or annotations."""
     problem = _file_problem(record.get("file_name"))
@@ -205,6 +214,8 @@ def _record_problem(record: dict) -> str | None:
             values = list(bbox) if isinstance(bbox, list | tuple | np.ndarray) else []
             if len(values) not in (4, 5) or not all(_is_number(v) for v in values):
                 return f"annotation {i}: 'bbox' must be 4 finite numbers, got {bbox!r}"
+            if len(values) == 4 and _negative_size(values, ann.get("bbox_mode")):
+                return f"annotation {i}: 'bbox' has a negative width or height, got {bbox!r}"
         category = ann.get("category_id")
         if category is not None and (not _is_id(category) or category < 0):
             return f"annotation {i}: 'category_id' must be a non-negative int, got {category!r}"

@@ -435,12 +435,6 @@ def test_training_on_a_bad_annotation_file_names_it(tmp_path: Path, kind: str):
     assert re.fullmatch(expected, str(info.value)), str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # DID NOT RAISE; another error or wording fails the test
-    reason="known gap: the training loader's record check (validation._record_problem) lets "
-    "a box with a negative width or height through, although validate_coco_json rejects it",
-)
 @pytest.mark.parametrize("kind", ["negative_width", "negative_height"])
 def test_training_names_a_box_of_negative_size(tmp_path: Path, kind: str):
     name, _ = _register_variant(tmp_path, kind)
