@@ -85,6 +85,24 @@ TINY_OPTS = [
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
 ]  # fmt: skip
 
+# A LazyConfig row (Mask R-CNN R-50-FPN GC r16) and the overrides that train it 2 iterations
+# at 96 px on the generated dataset, then evaluate it on the 12 held-out images.
+LAZY_ROW = "configs/gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.py"
+LAZY_TINY_OPTS = [
+    "train.max_iter=2", "train.checkpointer.period=1000",
+    "dataloader.train.dataset.names=gcnet_synthetic_train",
+    "dataloader.test.dataset.names=gcnet_synthetic_val",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[96]",
+    "dataloader.train.mapper.augmentations.0.max_size=128",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=[96]",
+    "dataloader.test.mapper.augmentations.0.max_size=128",
+    "model.roi_heads.num_classes=3", "model.roi_heads.batch_size_per_image=32",
+    "model.backbone.bottom_up.stages.norm=BN", "model.backbone.bottom_up.freeze_at=0",
+    "model.proposal_generator.post_nms_topk=[64,50]",
+]  # fmt: skip
+
 
 def narrow(cfg: CfgNode, depth: int | None = None) -> CfgNode:
     """``cfg`` at the :data:`TINY` widths (the rest unchanged), in place; ``depth`` replaces

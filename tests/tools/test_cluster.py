@@ -49,7 +49,16 @@ from gcnet_d2.launch import (
     slurm_default_port,
 )
 from gcnet_d2.peers import EXIT_PEER_STOPPED, is_communication_error
-from tests.testing import PYTHON, QUICKSTART, REPO, TINY_OPTS, python_env, synthetic_root
+from tests.testing import (
+    LAZY_ROW,
+    LAZY_TINY_OPTS,
+    PYTHON,
+    QUICKSTART,
+    REPO,
+    TINY_OPTS,
+    python_env,
+    synthetic_root,
+)
 
 MAX_ITER = 4
 TRAIN_OPTS = [
@@ -608,30 +617,13 @@ def test_torchrun_equals_num_gpus_2(
     assert_same_weights(reference, out / "model_final.pth")
 
 
-LAZY_ROW = "configs/gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.py"
-LAZY_TINY = [  # 2 iterations at 96 px, then the evaluation on the 12 generated images
-    "train.max_iter=2", "train.checkpointer.period=1000",
-    "dataloader.train.dataset.names=gcnet_synthetic_train",
-    "dataloader.test.dataset.names=gcnet_synthetic_val",
-    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0",
-    "dataloader.train.mapper.augmentations.0.short_edge_length=[96]",
-    "dataloader.train.mapper.augmentations.0.max_size=128",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=[96]",
-    "dataloader.test.mapper.augmentations.0.max_size=128",
-    "model.roi_heads.num_classes=3", "model.roi_heads.batch_size_per_image=32",
-    "model.backbone.bottom_up.stages.norm=BN", "model.backbone.bottom_up.freeze_at=0",
-    "model.proposal_generator.post_nms_topk=[64,50]",
-]  # fmt: skip
-
-
 @pytest.mark.slow
 def test_lazy_train_net_joins_torchrun(tmp_path: Path, children: Children, synth: str):
     """lazy_train_net.py takes the same launcher path (measured by hand: its final weights
     under torchrun equal those of --num-gpus 2 too)."""
     out = tmp_path / "out"
     argv = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "lazy_train_net.py",
-            "--config-file", LAZY_ROW, *LAZY_TINY, f"train.output_dir={out}"]  # fmt: skip
+            "--config-file", LAZY_ROW, *LAZY_TINY_OPTS, f"train.output_dir={out}"]  # fmt: skip
     proc = children.start("torchrun", argv, child_env(synth))
     assert children.wait(proc, 300) == 0, children.tail(proc)
     said = children.output(proc, "out")

@@ -8,24 +8,15 @@ import subprocess
 
 import pytest
 
-from tests.testing import REPO, python_env, run_python
+from tests.testing import LAZY_ROW, LAZY_TINY_OPTS, REPO, python_env, run_python
 
-ROW = "configs/gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.py"
+ROW = LAZY_ROW
 TINY = [
-    "train.max_iter=2", "train.checkpointer.period=1000", "train.log_period=1",
-    "dataloader.train.dataset.names=gcnet_synthetic_train",
-    "dataloader.test.dataset.names=gcnet_synthetic_val",
-    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0",
-    "dataloader.train.mapper.augmentations.0.short_edge_length=[96]",
-    "dataloader.train.mapper.augmentations.0.max_size=128",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=[96]",
-    "dataloader.test.mapper.augmentations.0.max_size=128",
-    "model.roi_heads.num_classes=3", "model.roi_heads.batch_size_per_image=32",
-    "model.backbone.bottom_up.stages.norm=BN", "model.backbone.bottom_up.freeze_at=0",
-    "model.proposal_generator.post_nms_topk=[64,50]",
-    "optimizer.lr=0.005", "lr_multiplier.warmup_length=0.5",
-]  # fmt: skip
+    *LAZY_TINY_OPTS,
+    "train.log_period=1",
+    "optimizer.lr=0.005",
+    "lr_multiplier.warmup_length=0.5",
+]
 
 
 def run(args: list[str], tmp_path) -> subprocess.CompletedProcess:  # noqa: ANN001
