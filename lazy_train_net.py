@@ -51,7 +51,7 @@ from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.data import ensure_synthetic_generated
 from gcnet_d2.engine import create_ddp_model, write_results
 from gcnet_d2.errors import LaunchError
-from gcnet_d2.launch import add_cluster_arguments, launch, resume_if_restarted
+from gcnet_d2.launch import add_cluster_arguments, launch_from_args
 from gcnet_d2.peers import ProgressHook
 from gcnet_d2.resume import CheckpointSync
 
@@ -198,19 +198,8 @@ def cli(argv: list[str] | None = None) -> None:
     except KeyError as e:
         print(f"lazy_train_net.py: error: {e.args[0]}", file=sys.stderr)
         sys.exit(EXIT_BAD_OVERRIDE)
-    resume_if_restarted(args, "lazy_train_net.py")
     try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-            dist_timeout_minutes=args.dist_timeout,
-            peer_timeout=args.peer_timeout,
-            program="lazy_train_net.py",
-        )
+        launch_from_args(main, args, "lazy_train_net.py")
     except LaunchError as e:
         print(f"lazy_train_net.py: error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_OVERRIDE)

@@ -41,7 +41,7 @@ from gcnet_d2.config_loading import load_config
 from gcnet_d2.engine import GCNetTrainer, write_results
 from gcnet_d2.errors import KNOWN_ERRORS, one_line, quiet_known_errors
 from gcnet_d2.io import check_output_dir
-from gcnet_d2.launch import add_cluster_arguments, launch, resume_if_restarted
+from gcnet_d2.launch import add_cluster_arguments, launch_from_args
 
 EXIT_KNOWN_ERROR = 2
 
@@ -95,19 +95,8 @@ def main_or_exit(args: argparse.Namespace) -> OrderedDict:
 def cli(argv: list[str] | None = None) -> None:
     args = add_cluster_arguments(default_argument_parser()).parse_args(argv)
     print("Command Line Args:", args)
-    resume_if_restarted(args, "train_net.py")
     try:
-        launch(
-            main_or_exit,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-            dist_timeout_minutes=args.dist_timeout,
-            peer_timeout=args.peer_timeout,
-            program="train_net.py",
-        )
+        launch_from_args(main_or_exit, args, "train_net.py")
     except KNOWN_ERRORS as e:  # the launcher's environment or flags (LaunchError)
         print(f"train_net.py: error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_KNOWN_ERROR)

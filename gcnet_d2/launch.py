@@ -74,6 +74,7 @@ __all__ = [
     "detect_launcher",
     "expand_nodelist",
     "launch",
+    "launch_from_args",
     "resume_if_restarted",
     "restarted",
     "slurm_default_port",
@@ -385,3 +386,21 @@ def launch(
         if e.exit_code == peers.EXIT_PEER_STOPPED:  # the worker printed the one-line report
             raise SystemExit(peers.EXIT_PEER_STOPPED) from None
         raise
+
+
+def launch_from_args(main_func: Callable[..., Any], args: argparse.Namespace, program: str) -> Any:
+    """:func:`launch` of ``main_func(args)`` with the command line's launcher flags
+    (detectron2's and :func:`add_cluster_arguments`'), resuming when the job was restarted;
+    what ``train_net.py`` and ``lazy_train_net.py`` run."""
+    resume_if_restarted(args, program)
+    return launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        dist_timeout_minutes=args.dist_timeout,
+        peer_timeout=args.peer_timeout,
+        program=program,
+    )
