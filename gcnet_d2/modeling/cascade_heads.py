@@ -5,6 +5,8 @@ GCNet cascade checkpoints), this class follows mmdetection:
 
 - test: the three stages' raw class logits are averaged, then one softmax (detectron2
   averages per-stage probabilities); boxes are the last stage's regression of its inputs;
+  detections are selected by :func:`~.box_selection.box_detections` (one NMS formulation in
+  eager PyTorch and ONNX Runtime);
 - masks: one mask head per stage (``mask_head.{0,1,2}``). At test time all of them run on the
   final boxes and their sigmoid outputs are averaged; in training stage ``k``'s head learns on
   stage ``k``'s foreground proposals;
@@ -27,7 +29,6 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, build_mask_head
-from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
@@ -35,6 +36,7 @@ from torch import nn
 
 from ..config import validate_mmdet_train_config
 from ..registry import register_once
+from .box_selection import box_detections
 from .mmdet_recipe.init import init_roi_heads
 from .mmdet_recipe.sampling import (
     log_sample_sizes,
@@ -239,7 +241,7 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         # bake in the trace image's counts).
         scores = scores.split([p.proposal_boxes.tensor.shape[0] for p in proposals])
         predictor = self.box_predictor[-1]
-        instances, _ = fast_rcnn_inference(
+        return box_detections(
             boxes,
             scores,
             image_sizes,
@@ -247,7 +249,6 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             predictor.test_nms_thresh,
             predictor.test_topk_per_image,
         )
-        return instances
 
     def _forward_mask(self, features, instances):  # noqa: ANN001, ANN202
         if not self.mask_on:

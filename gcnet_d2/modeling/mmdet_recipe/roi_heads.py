@@ -8,7 +8,9 @@ Detectron2 appends them and matches them with the rest), then ``subsample_labels
 zero-padded to the batch's shape first (mmdetection 3.x). ``head_init="mmdet"`` initialises
 the box head's FCs and the mask logits as mmdetection does, in the constructor, so a model
 from ``build_model(cfg)`` and one from ``instantiate(cfg.model)`` start alike. Inference is
-``StandardROIHeads`` unchanged.
+``StandardROIHeads``'s, with the detections selected by
+:func:`~gcnet_d2.modeling.box_selection.box_detections` (ties by index, one per-class NMS
+that eager PyTorch and ONNX Runtime compute alike).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from detectron2.structures import Instances
 
 from ...config import validate_mmdet_train_config
 from ...registry import register_once
+from ..box_selection import box_detections
 from .init import init_roi_heads
 from .sampling import (
     log_sample_sizes,
@@ -86,3 +89,20 @@ class MMDetROIHeads(StandardROIHeads):
         ]
         log_sample_sizes(sampled, self.num_classes)
         return sampled
+
+    def _forward_box(self, features, proposals):  # noqa: ANN001, ANN202 - detectron2 signature
+        if self.training:
+            return super()._forward_box(features, proposals)
+        box_features = self.box_pooler(
+            [features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals]
+        )
+        predictions = self.box_predictor(self.box_head(box_features))
+        predictor = self.box_predictor
+        return box_detections(
+            predictor.predict_boxes(predictions, proposals),
+            predictor.predict_probs(predictions, proposals),
+            [x.image_size for x in proposals],
+            predictor.test_score_thresh,
+            predictor.test_nms_thresh,
+            predictor.test_topk_per_image,
+        )

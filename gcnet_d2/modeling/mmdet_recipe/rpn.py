@@ -10,7 +10,9 @@ Two switches (``MODEL.MMDET_TRAIN``), each Detectron2's stock behaviour when off
   image border by more than that (mmdetection's ``allowed_border``). Removed anchors are
   ignored by the loss, and no GT can take one as its best anchor.
 
-Inference is Detectron2's RPN unchanged.
+Proposals (training and inference) are selected by
+:func:`~gcnet_d2.modeling.box_selection.top_proposals`: detectron2's steps with ties ordered by
+index and one per-level NMS that eager PyTorch and ONNX Runtime compute alike.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ...config import validate_mmdet_train_config
 from ...registry import register_once
+from ..box_selection import top_proposals
 from .matcher import MaxIoUMatcher
 
 
@@ -69,6 +72,25 @@ class MMDetRPN(RPN):
         ret["valid_anchors"] = t.RPN_VALID_ANCHORS
         ret["pad_size_divisor"] = t.PAD_SIZE_DIVISOR
         return ret
+
+    def predict_proposals(
+        self,
+        anchors: list[Boxes],
+        pred_objectness_logits: list[torch.Tensor],
+        pred_anchor_deltas: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+    ) -> list[Instances]:
+        with torch.no_grad():
+            return top_proposals(
+                self._decode_proposals(anchors, pred_anchor_deltas),
+                pred_objectness_logits,
+                image_sizes,
+                self.nms_thresh,
+                self.pre_nms_topk[self.training],
+                self.post_nms_topk[self.training],
+                self.min_box_size,
+                self.training,
+            )
 
     @torch.jit.unused
     @torch.no_grad()
