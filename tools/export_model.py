@@ -5,9 +5,11 @@
         --export-method tracing --format torchscript --sample-image img.jpg \\
         --output out/ MODEL.WEIGHTS <detectron2 or mmdetection .pth>
 
-Routes: ``tracing``/``torchscript`` (whole detector, or ``--part backbone``); ``--part
-backbone`` with ``--format onnx`` (dynamo exporter, opset >= 19, dynamic H and W) or
-``--export-method torch_export --format pt2``. ``--config-file`` is a YAML config (with
+Routes: ``tracing``/``torchscript`` (whole detector, or ``--part backbone``);
+``tracing``/``onnx`` (whole detector, opset >= 16, 19 with DCN, dynamic H and W; run it with
+``deploy/onnx_predictor.py``, no PyTorch needed); ``--part backbone`` with ``--format onnx``
+(dynamo exporter, opset >= 19, dynamic H and W) or ``--export-method torch_export --format
+pt2``. ``--config-file`` is a YAML config (with
 ``KEY VALUE`` overrides) or a LazyConfig ``.py`` (``key=value`` overrides, weights from
 ``train.init_checkpoint``; it runs when loaded, so trusted files only). The weights take whatever
 ``GCNetCheckpointer`` takes (detectron2 files, mmdetection detector checkpoints, converted on
@@ -33,9 +35,9 @@ import gcnet_d2  # noqa: F401  (registers the backbones)
 from gcnet_d2 import fast
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.config_loading import load_config
-from gcnet_d2.data.transforms import build_gcnet_augmentations
+from gcnet_d2.data.transforms import MMDetResizeShortestEdge, build_gcnet_augmentations
 from gcnet_d2.errors import KNOWN_ERRORS, ConfigError, one_line
-from gcnet_d2.export import routes
+from gcnet_d2.export import onnx_detector, routes
 from gcnet_d2.export.errors import ExportRouteError
 
 EXIT_MISMATCH, EXIT_KNOWN_ERROR = 1, 2
@@ -55,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image to trace on and check against eager; repeat to check more images",
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--opset", type=int, default=19, help="ONNX opset (>= 19)")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=19,
+        help="ONNX opset: >= 19 for a backbone or a detector with DCN, >= 16 otherwise",
+    )
     parser.add_argument(
         "--allow-mismatch", action="store_true", help="write even if outputs differ from eager"
     )
@@ -70,12 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @dataclass
 class Setup:
     """What the export needs from a config: the model (weights loaded), its input format,
-    the test loader's resize and the device."""
+    the test loader's resize, the device and the test dataset's class names (if known)."""
 
     model: torch.nn.Module
     input_format: str
     resize: object  # a detectron2 Augmentation
     device: str
+    class_names: list[str]
 
 
 def _device(device: str) -> str:
@@ -96,7 +104,7 @@ def setup_yaml(config_file: str, opts: list[str]) -> Setup:
     model = fast.apply(build_model(cfg), cfg)
     _load_weights(model, cfg.MODEL.WEIGHTS)
     (resize,) = build_gcnet_augmentations(cfg, is_train=False)
-    return Setup(model, cfg.INPUT.FORMAT, resize, cfg.MODEL.DEVICE)
+    return Setup(model, cfg.INPUT.FORMAT, resize, cfg.MODEL.DEVICE, _class_names(cfg.DATASETS.TEST))
 
 
 def setup_lazy(config_file: str, opts: list[str]) -> Setup:
@@ -115,7 +123,38 @@ def setup_lazy(config_file: str, opts: list[str]) -> Setup:
     _load_weights(model, cfg.train.get("init_checkpoint", ""))
     mapper = cfg.dataloader.test.mapper
     (resize,) = instantiate(mapper.augmentations)
-    return Setup(model, str(mapper.image_format), resize, device)
+    names = cfg.dataloader.test.dataset.get("names", ())
+    names = [names] if isinstance(names, str) else list(names)
+    return Setup(model, str(mapper.image_format), resize, device, _class_names(names))
+
+
+def _class_names(datasets: list[str] | tuple[str, ...]) -> list[str]:
+    """The first test dataset's ``thing_classes`` (e.g. COCO's 80 names), or none."""
+    from detectron2.data import MetadataCatalog
+
+    if not datasets:
+        return []
+    return list(MetadataCatalog.get(datasets[0]).get("thing_classes", []) or [])
+
+
+def onnx_metadata(setup: Setup) -> dict[str, str]:
+    """The whole-detector ONNX file's metadata: the test resize, the input format, the
+    class names when they match the model's number of classes."""
+    resize = setup.resize
+    if not isinstance(resize, MMDetResizeShortestEdge) or len(resize.short_edge_length) != 1:
+        raise ExportRouteError(
+            f"the ONNX detector's runtime resizes as gcnet_d2's test loader (one shorter-side "
+            f"size, mmcv rounding); this config's test resize is {resize}"
+        )
+    names = setup.class_names
+    num_classes = getattr(setup.model.roi_heads, "num_classes", len(names))
+    return onnx_detector.metadata(
+        setup.input_format,
+        resize.short_edge_length[0],
+        resize.max_size,
+        resize.backend,
+        names if len(names) == num_classes else [],
+    )
 
 
 def load_image(path: str, setup: Setup) -> torch.Tensor:
@@ -144,6 +183,7 @@ def export(args: argparse.Namespace) -> int:
     is_lazy = args.config_file.endswith(".py")
     setup = (setup_lazy if is_lazy else setup_yaml)(args.config_file, args.opts)
     images = [load_image(p, setup) for p in args.sample_image]
+    is_onnx_detector = args.format == "onnx" and args.part == "detector"
     result = routes.run_route(
         setup.model,
         args.export_method,
@@ -154,6 +194,7 @@ def export(args: argparse.Namespace) -> int:
         input_format=setup.input_format,
         opset=args.opset,
         allow_mismatch=args.allow_mismatch,
+        onnx_metadata=onnx_metadata(setup) if is_onnx_detector else None,
     )
     print(f"{args.export_method}/{args.format}/{args.part}, exported vs eager:")
     for line in result.lines:

@@ -5,6 +5,10 @@ Routes (method x format x part):
 
 - ``tracing`` x ``torchscript`` x ``detector``/``backbone``: ``torch.jit.trace`` through
   detectron2's ``TracingAdapter`` (``model.ts``);
+- ``tracing`` x ``onnx`` x ``detector``: the TorchScript-based ONNX exporter through
+  ``TracingAdapter``, opset >= 16 (19 with DCN), dynamic H and W, metadata for
+  ``deploy/onnx_predictor.py`` (``model.onnx``, :mod:`.onnx_detector`), run in onnxruntime to
+  check;
 - ``tracing`` or ``torch_export`` x ``onnx`` x ``backbone``: ``torch.export`` + the dynamo ONNX
   exporter, opset >= 19, dynamic H and W (``model.onnx``), run in onnxruntime to check;
 - ``torch_export`` x ``pt2`` x ``backbone``: ``torch.export`` with dynamic H and W
@@ -27,7 +31,7 @@ from detectron2.modeling import GeneralizedRCNN
 
 from ..io import atomic_write_bytes
 from . import backbone as bb
-from . import tracing
+from . import onnx_detector, tracing
 from .compare import compare_instances, relative_error
 from .errors import ExportRouteError
 
@@ -66,18 +70,20 @@ def check_route(method: str, fmt: str, part: str, opset: int = bb.MIN_OPSET) -> 
         raise ExportRouteError("TorchScript is written by --export-method tracing")
     if fmt == "pt2" and method != "torch_export":
         raise ExportRouteError("a .pt2 ExportedProgram is written by --export-method torch_export")
-    if fmt == "onnx" and opset < bb.MIN_OPSET:
+    if fmt == "onnx" and part == "backbone" and opset < bb.MIN_OPSET:
         raise ExportRouteError(
             f"ONNX opset {opset}: DeformConv, which deformable convolutions export to, exists "
             f"from opset {bb.MIN_OPSET}; an older opset writes a file the ONNX checker rejects"
         )
-    if part == "detector" and fmt in ("onnx", "pt2"):
+    if part == "detector" and fmt == "onnx":
+        onnx_detector.check_opset(opset)  # DCN's opset is checked with the model
+    if part == "detector" and (fmt == "pt2" or (fmt == "onnx" and method != "tracing")):
         raise ExportRouteError(
-            "the whole detector cannot go through torch.export (and so not to ONNX): "
-            "detectron2's RPN branches on data (find_top_rpn_proposals: "
-            "`if not valid_mask.all()`), and the numbers of proposals and detections after "
-            "NMS are data-dependent; export the backbone (--part backbone) or trace the "
-            "whole detector to TorchScript (--format torchscript). See docs/deploy.md"
+            "the whole detector cannot go through torch.export: the numbers of proposals and "
+            "detections after NMS are data-dependent; export it to ONNX by tracing "
+            "(--export-method tracing --format onnx), trace it to TorchScript "
+            "(--format torchscript), or export the backbone (--part backbone). "
+            "See docs/deploy.md"
         )
 
 
@@ -130,15 +136,22 @@ def run_route(
     input_format: str = "RGB",
     opset: int = bb.MIN_OPSET,
     allow_mismatch: bool = False,
+    onnx_metadata: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``model`` (eval mode) by the route, check it on ``images`` (C x H x W, already
-    resized), write ``output_dir/<file>`` when the check passes (or ``allow_mismatch``)."""
+    resized), write ``output_dir/<file>`` when the check passes (or ``allow_mismatch``).
+    ``onnx_metadata``: the whole-detector ONNX file's metadata
+    (:func:`.onnx_detector.metadata`), required for that route."""
     check_route(method, fmt, part, opset)
     if not images:
         raise ValueError("no sample image: the route traces and checks on at least one")
     model.eval()
     result = ExportResult(path=os.path.join(output_dir, FILE_NAMES[fmt]))
-    if part == "detector":
+    if part == "detector" and fmt == "onnx":
+        if onnx_metadata is None:
+            raise ValueError("the whole-detector ONNX route needs onnx_metadata")
+        data = _onnx_detector(model, images, opset, onnx_metadata, result)
+    elif part == "detector":
         data = _trace_detector(model, images, input_format, result)
     else:
         data = _export_backbone(model, fmt, images, opset, result)
@@ -163,6 +176,41 @@ def _trace_detector(
         result.lines.append(f"sample {i} ({size}): {diff.summary()}")
         result.ok &= diff.ok
     return data
+
+
+def _onnx_detector(
+    model: GeneralizedRCNN,
+    images: list[torch.Tensor],
+    opset: int,
+    meta: dict[str, str],
+    result: ExportResult,
+) -> bytes:
+    data = onnx_detector.detector_onnx_bytes(model, images[0], opset, meta)
+    session = onnx_detector.ONNXDetector(data)
+    for i, image in enumerate(images):
+        expected = tracing.eager_detections(model, image)
+        diff = compare_instances(expected, session(image))
+        size = "x".join(str(s) for s in image.shape[-2:])
+        result.lines.append(f"sample {i} ({size}): {diff.summary()}")
+        result.ok &= diff.ok
+        if not diff.ok:
+            result.lines.append(f"  eager itself on sample {i}, {eager_spread(model, image)}")
+    return data
+
+
+def eager_spread(model: GeneralizedRCNN, image: torch.Tensor) -> str:
+    """How far the eager model is from itself on ``image`` when run with one thread instead
+    of the current number (two if that is one): the rounding noise that any other runtime's
+    kernels add too, amplified by the model. A summary line."""
+    threads = torch.get_num_threads()
+    other = 1 if threads > 1 else 2
+    expected = tracing.eager_detections(model, image)
+    torch.set_num_threads(other)
+    try:
+        again = tracing.eager_detections(model, image)
+    finally:
+        torch.set_num_threads(threads)
+    return f"{other} vs {threads} threads: {compare_instances(expected, again).summary()}"
 
 
 def _export_backbone(

@@ -105,8 +105,11 @@ class NormFoldingConv2d(Conv2d):
 
 
 def _gemm_allowed() -> bool:
-    """1x1 convs as products (:mod:`.conv1x1_gemm`): eager inference and ``torch.jit.trace``;
-    not while a gradient is taken eagerly, compiled, exported or scripted."""
+    """1x1 convs as products (:mod:`.conv1x1_gemm`): eager inference and ``torch.jit.trace``
+    to TorchScript; not while a gradient is taken eagerly, compiled, exported (ONNX included:
+    the product's reshape of an empty batch fails in ONNX Runtime) or scripted."""
+    if torch.onnx.is_in_onnx_export():
+        return False
     if torch.jit.is_tracing():
         return True
     return not torch.is_grad_enabled() and not graph_is_recorded()

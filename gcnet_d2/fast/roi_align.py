@@ -105,6 +105,8 @@ class ParallelROIAlign(ROIAlign):
     boxes over threads."""
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        if torch.onnx.is_in_onnx_export():  # one RoiAlign node; ONNX Runtime has its threads
+            return super().forward(input, rois)
         if torch.jit.is_tracing():
             return self._forward_traced(input, rois)
         threads = torch.get_num_threads()

@@ -149,7 +149,8 @@ def test_onnx_below_opset_19_is_refused():
     "route,reason",
     [
         (("scripting", "torchscript", "detector"), "Cascade"),
-        (("tracing", "onnx", "detector"), "valid_mask"),
+        (("torch_export", "onnx", "detector"), "data-dependent"),
+        (("tracing", "onnx", "detector", 15), "opset >= 16"),
         (("torch_export", "pt2", "detector"), "data-dependent"),
         (("caffe2_tracing", "caffe2", "detector"), "Caffe2"),
     ],
@@ -161,11 +162,12 @@ def test_routes_a_model_cannot_take_name_the_reason(route, reason):
 
 @pytest.mark.slow
 def test_whole_detector_torch_export_stops_where_the_docs_say():
-    """docs/deploy.md names the construct; this pins it (update both if it moves)."""
+    """docs/deploy.md says why: a guard on a data-dependent size (the number of boxes left
+    after a filter); this pins it (update both if it moves)."""
     _, model = tiny_detector("gc_mask")
     with pytest.raises(ExportRouteError) as info:
         export_detector_program(model, sample_image(*TRACE_IMAGE))
-    assert "proposal_utils.py" in str(info.value) and "valid_mask" in str(info.value)
+    assert "GuardOnDataDependentSymNode" in str(info.value), info.value
 
 
 @pytest.mark.parametrize("groups,deform_groups,offset_std", [(1, 1, 0.7), (2, 2, 3.0)])

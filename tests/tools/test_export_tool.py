@@ -106,7 +106,8 @@ def test_traced_detector_from_an_mmdetection_checkpoint(tool, capsys, tmp_path):
     "extra,message",
     [
         (["--export-method", "scripting"], "scripting"),
-        (["--format", "onnx"], "whole detector cannot go through torch.export"),
+        (["--export-method", "torch_export", "--format", "onnx"], "cannot go through torch.export"),
+        (["--format", "onnx", "--opset", "15"], "opset 15"),
         (["--format", "onnx", "--part", "backbone", "--opset", "17"], "opset 17"),
         (["MODEL.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
         (["MODEL.WEIGHTS", "/nonexistent/weights.pth"], "no such file"),

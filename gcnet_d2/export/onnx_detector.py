@@ -1,0 +1,214 @@
+"""The whole detector as one ONNX file that ONNX Runtime runs with its default options.
+
+Traced (the TorchScript-based exporter, ``dynamo=False``): the numbers of proposals and
+detections depend on the data, which ``torch.export`` cannot express but a trace records as
+ONNX ops with dynamic shapes. Every step is a standard op: normalisation and padding, the
+backbone (DCN v1 as ``DeformConv``, from opset 19; the exporter has no symbolic for
+torchvision's ``deform_conv2d``, :func:`register_symbolics` adds one), the RPN (per-level
+``TopK``, per-level NMS as one ``NonMaxSuppression`` with the level as its class), RoI
+pooling (``RoiAlign``-16 with ``coordinate_transformation_mode="half_pixel"`` written out,
+torchvision's ``aligned=True``), the box head(s) (Cascade: mmdetection's test path),
+per-class NMS, the mask head(s).
+
+The file (see docs/deploy.md):
+
+- input ``image``: float32 3 x H x W (H, W free), channels in ``input_format``, 0..255,
+  resized as the test loader resizes (metadata below);
+- outputs ``boxes`` (N x 4, x1 y1 x2 y2 in the input's pixels), ``scores`` (N), ``classes``
+  (N, int64) and, with a mask head, ``mask_probs`` (N x 1 x M x M, each RoI's mask
+  probabilities): detectron2's detections before ``detector_postprocess``;
+- metadata (``metadata_props``): :data:`FORMAT`, the resize (``min_size_test``,
+  ``max_size_test``, ``resize_backend``), ``input_format``, ``mask_threshold``,
+  ``class_names`` (JSON) — what ``deploy/onnx_predictor.py`` needs besides the graph.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.export import TracingAdapter
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.structures import Boxes, Instances
+from torch import nn
+from torch.onnx import symbolic_helper
+
+from ..layers import DeformConv2dWithOffset
+from .errors import ExportRouteError
+from .tracing import check_traceable
+
+FORMAT = "gcnet_d2 onnx detector v1"
+MIN_OPSET = 16  # RoiAlign with coordinate_transformation_mode (torchvision's aligned=True)
+DEFORM_OPSET = 19  # DeformConv
+INPUT = "image"
+
+
+def detector_outputs(model: GeneralizedRCNN, inputs: list[dict]) -> tuple[torch.Tensor, ...]:
+    """``TracingAdapter``'s inference function: the detections of one image before the final
+    resize as ``(boxes, scores, classes[, mask_probs])``."""
+    inst = model.inference(inputs, do_postprocess=False)[0]
+    outputs = (inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
+    return (*outputs, inst.pred_masks) if inst.has("pred_masks") else outputs
+
+
+def output_names(model: GeneralizedRCNN) -> list[str]:
+    """The file's output names, in :func:`detector_outputs`' order."""
+    names = ["boxes", "scores", "classes"]
+    return [*names, "mask_probs"] if getattr(model.roi_heads, "mask_on", False) else names
+
+
+def has_deform_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, DeformConv2dWithOffset) for m in model.modules())
+
+
+def check_opset(opset: int, deformable: bool = False) -> None:
+    """Raise :class:`ExportRouteError` when a detector (``deformable``: with DCN) cannot be
+    written at ``opset``."""
+    if opset < MIN_OPSET:
+        raise ExportRouteError(
+            f"ONNX opset {opset}: the whole detector needs opset >= {MIN_OPSET} (RoiAlign's "
+            "coordinate_transformation_mode; below it torchvision's aligned=True is dropped and "
+            "every RoI is off by half a pixel)"
+        )
+    if opset < DEFORM_OPSET and deformable:
+        raise ExportRouteError(
+            f"ONNX opset {opset}: this model has deformable convolutions, and ONNX DeformConv "
+            f"exists from opset {DEFORM_OPSET}"
+        )
+
+
+@symbolic_helper.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+def _deform_conv2d(
+    g: Any,
+    x: Any,
+    weight: Any,
+    offset: Any,
+    mask: Any,
+    bias: Any,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dil_h: int,
+    dil_w: int,
+    groups: int,
+    offset_groups: int,
+    use_mask: bool,
+) -> Any:
+    """``torchvision::deform_conv2d`` as ONNX ``DeformConv`` (same offset layout)."""
+    kernel = symbolic_helper._get_tensor_sizes(weight)[-2:]
+    inputs = [x, weight, offset, bias] + ([mask] if use_mask else [])
+    return g.op(
+        "DeformConv",
+        *inputs,
+        dilations_i=[dil_h, dil_w],
+        group_i=groups,
+        kernel_shape_i=kernel,
+        offset_group_i=offset_groups,
+        pads_i=[pad_h, pad_w, pad_h, pad_w],
+        strides_i=[stride_h, stride_w],
+    )
+
+
+def register_symbolics() -> None:
+    """Teach the TorchScript-based ONNX exporter torchvision's ``deform_conv2d``."""
+    torch.onnx.register_custom_op_symbolic(
+        "torchvision::deform_conv2d", _deform_conv2d, DEFORM_OPSET
+    )
+
+
+def metadata(
+    input_format: str,
+    min_size_test: int,
+    max_size_test: int,
+    resize_backend: str,
+    class_names: list[str],
+    mask_threshold: float = 0.5,
+) -> dict[str, str]:
+    """The ``metadata_props`` a runtime needs to prepare images and read the outputs."""
+    if resize_backend != "cv2":
+        raise ExportRouteError(
+            f"INPUT.RESIZE_BACKEND {resize_backend!r}: the ONNX detector's runtime "
+            "(deploy/onnx_predictor.py, no PyTorch, no PIL) resizes with OpenCV; export a "
+            "config with INPUT.RESIZE_BACKEND cv2 (the table configs' setting)"
+        )
+    return {
+        "gcnet_d2.format": FORMAT,
+        "input_format": input_format,
+        "min_size_test": str(int(min_size_test)),
+        "max_size_test": str(int(max_size_test)),
+        "resize_backend": resize_backend,
+        "mask_threshold": repr(float(mask_threshold)),
+        "class_names": json.dumps(list(class_names)),
+    }
+
+
+def _import(name: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError as e:
+        raise ExportRouteError(
+            f"the ONNX route needs the {name!r} package: pip install 'gcnet_d2[export]'"
+        ) from e
+
+
+def detector_onnx_bytes(
+    model: GeneralizedRCNN, image: torch.Tensor, opset: int, meta: dict[str, str]
+) -> bytes:
+    """The whole detector (eval mode) traced on ``image`` (3 x H x W, resized) as an ONNX
+    file with dynamic H and W and ``meta`` as its metadata, after ``onnx.checker``."""
+    onnx = _import("onnx")
+    check_traceable(model)
+    check_opset(opset, has_deform_conv(model))
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"trace image must be 3 x H x W, got shape {tuple(image.shape)}")
+    register_symbolics()
+    names = output_names(model)
+    # TracingAdapter runs under no_grad and makes len() of detectron2's structures symbolic.
+    module = TracingAdapter(model.eval(), [{"image": image.float()}], detector_outputs).eval()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (image.float(),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=names,
+            dynamic_axes={INPUT: {1: "height", 2: "width"}} | {n: {0: "count"} for n in names},
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+class ONNXDetector:
+    """An ONNX Runtime CPU session of a detector file (default options), run on one
+    resized 3 x H x W image tensor, giving detectron2 ``Instances`` (before the final resize)
+    to compare with the eager model's."""
+
+    def __init__(self, model: str | bytes, threads: int | None = None) -> None:
+        ort = _import("onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, image: torch.Tensor) -> Instances:
+        pixels = np.ascontiguousarray(image.detach().cpu().float().numpy())
+        outputs = dict(zip(self.names, self.session.run(None, {INPUT: pixels}), strict=True))
+        inst = Instances(tuple(int(s) for s in image.shape[-2:]))
+        inst.pred_boxes = Boxes(torch.from_numpy(outputs["boxes"]))
+        inst.scores = torch.from_numpy(outputs["scores"])
+        inst.pred_classes = torch.from_numpy(outputs["classes"])
+        if "mask_probs" in outputs:
+            inst.pred_masks = torch.from_numpy(outputs["mask_probs"])
+        return inst
