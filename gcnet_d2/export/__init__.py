@@ -1,7 +1,8 @@
-"""Deployment routes for gcnet_d2 detectors: whole-model TorchScript through detectron2's
-``TracingAdapter``, ``torch.export`` of the backbone with dynamic H and W, and ONNX (opset 19,
-dynamo exporter) run in onnxruntime. ``tools/export_model.py`` is the command line; see
-docs/deploy.md for what each route supports and what stops the others.
+"""Deployment routes for gcnet_d2 detectors: the whole detector to ONNX for ONNX Runtime
+(:mod:`.onnx_detector`; ``deploy/onnx_predictor.py`` runs it without PyTorch) or to
+TorchScript, both traced through detectron2's ``TracingAdapter``; the backbone alone through
+``torch.export`` or to ONNX (dynamo exporter), H and W dynamic. ``tools/export_model.py`` is
+the command line; see docs/deploy.md for what each route supports and what stops the others.
 """
 
 from .compare import InstancesDiff, compare_instances, relative_error
