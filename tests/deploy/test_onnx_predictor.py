@@ -49,7 +49,7 @@ DEPLOY_OPTS = [
     "INPUT.MIN_SIZE_TEST", "128",
     "INPUT.MAX_SIZE_TEST", "192",
 ]  # fmt: skip
-FLAT_SIZE, MOSAIC_SIZE, MOSAIC_BLOCK = (160, 240), (192, 288), 12
+FLAT_SIZE, MOSAIC_SIZE, MOSAIC_BLOCK, TRACE_SIZE = (160, 240), (192, 288), 12, (240, 300)
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,10 @@ def flat_image(k: int) -> torch.Tensor:
     return colours[k].expand(3, *FLAT_SIZE).contiguous()
 
 
-def mosaic(seed: int) -> torch.Tensor:
-    """Blocks of random flat colours (3 x 192 x 288, uint8): many object-like regions."""
+def mosaic(seed: int, size: tuple[int, int] = MOSAIC_SIZE) -> torch.Tensor:
+    """Blocks of random flat colours (3 x H x W, uint8): many object-like regions."""
     g = torch.Generator().manual_seed(seed)
-    (h, w), b = MOSAIC_SIZE, MOSAIC_BLOCK
+    (h, w), b = size, MOSAIC_BLOCK
     colours = torch.randint(0, 256, (3, -(-h // b), -(-w // b)), generator=g, dtype=torch.uint8)
     blocks = colours.repeat_interleave(b, dim=1).repeat_interleave(b, dim=2)
     return blocks[:, :h, :w].contiguous()
@@ -146,11 +146,15 @@ def deployed(request, tmp_path_factory) -> Deployed:
         pixels = case_image(kind, index).permute(1, 2, 0).numpy()[:, :, ::-1]  # BGR
         images.append(str(folder / f"{name}.png"))
         cv2.imwrite(images[-1], np.ascontiguousarray(pixels))
+    # The tool traces on its first sample: another size (resized to 128 x 160, the others to
+    # 128 x 192), so the file runs at sizes it was not traced at.
+    trace = str(folder / "trace.png")
+    cv2.imwrite(trace, np.ascontiguousarray(mosaic(0, TRACE_SIZE).permute(1, 2, 0).numpy()))
 
     tool = _load_tool()
     args = ["--config-file", str(folder / "config.yaml"), "--format", "onnx"]
     args += ["--output", str(folder / "out")]
-    for image in images:
+    for image in [trace, *images]:
         args += ["--sample-image", image]
     stdout = io.StringIO()
     try:
@@ -223,8 +227,10 @@ def test_runtime_equals_gcnet_predictor_on_many_few_and_none(deployed):
 
 def test_the_tool_checked_every_sample_and_wrote_a_complete_file(deployed):
     assert deployed.tool_status == 0, deployed.tool_out
-    assert deployed.tool_out.count("classes equal") == 3, deployed.tool_out
-    assert deployed.tool_out.count("0 detections") == 1, deployed.tool_out  # none
+    assert deployed.tool_out.count("classes equal") == 4, deployed.tool_out
+    assert "sample 0 (128x160)" in deployed.tool_out, deployed.tool_out  # the trace image
+    assert deployed.tool_out.count("(128x192)") == 3, deployed.tool_out  # many, few, none
+    assert deployed.tool_out.count(": 0 detections") == 1, deployed.tool_out  # none
     model = onnx.load(str(deployed.onnx_path))
     (opset,) = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     assert opset == 19
