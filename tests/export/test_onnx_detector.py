@@ -1,6 +1,7 @@
 """The whole detector to ONNX (``gcnet_d2.export.onnx_detector``) beyond what
-tests/deploy/test_onnx_predictor.py covers: the opsets, sizes the trace never saw, the
-LazyConfig rows through the tool.
+tests/deploy/test_onnx_predictor.py covers (three families at opsets 16, 17 and 19, sizes the
+trace never saw): DCN below opset 19, the resize backend, LazyConfig rows' metadata, what a
+mismatch does.
 """
 
 from __future__ import annotations
@@ -9,23 +10,11 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from gcnet_d2.export import ExportRouteError, compare_instances, eager_detections
+from gcnet_d2.export import ExportRouteError
 from gcnet_d2.export import onnx_detector as od
 from tests.testing import export_cfg, sample_image, tiny_detector
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is in the `export` extra")
-
-
-def test_opset_16_without_dcn_runs_like_eager_at_other_sizes():
-    _, model = tiny_detector("gc_mask")
-    session = od.ONNXDetector(od.detector_onnx_bytes(model, sample_image(128, 160, 0), 16, {}))
-    counts = []
-    for h, w, seed in [(96, 224, 1), (192, 128, 2)]:
-        image = sample_image(h, w, seed)
-        diff = compare_instances(eager_detections(model, image), session(image))
-        assert diff.ok, diff.summary()
-        counts.append(diff.count_got)
-    assert min(counts) > 0
 
 
 def test_dcn_needs_opset_19():
