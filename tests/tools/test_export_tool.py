@@ -83,29 +83,39 @@ def test_backbone_to_pt2_through_the_tool(tool, capsys, tiny_files, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not ref.mmdet_available(), reason=ref.mmdet_unavailable_reason())
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_detector_from_an_mmdetection_checkpoint(tool, capsys, tmp_path, fmt):
-    """MODEL.WEIGHTS is an mmdetection file (converted on load); two sample images; the
-    whole detector to ONNX (then run in ONNX Runtime) or TorchScript (then reloaded)."""
+def test_onnx_detector_from_an_mmdetection_checkpoint(tool, capsys, tmp_path):
+    """MODEL.WEIGHTS is an mmdetection file (converted on load), full width; two sample
+    images; the whole detector to ONNX, then run in ONNX Runtime at another size."""
+    from gcnet_d2.export.onnx_detector import ONNXDetector
+
     mm = ref.build_mmdet_model("mask_rcnn_r50_gc_r16", num_classes=3, seed=1)
     weights = tmp_path / "mmdet.pth"
     ref.save_mmdet_checkpoint(mm, str(weights))
     images = [_write_image(tmp_path / f"s{i}.png", 120 + 40 * i, 160, i) for i in range(2)]
     out = tmp_path / "out"
-    args = ["--config-file", R50_GC, "--export-method", "tracing", "--format"]
-    args += [fmt, "--output", str(out), "--sample-image", images[0]]
+    args = ["--config-file", R50_GC, "--export-method", "tracing", "--format", "onnx"]
+    args += ["--output", str(out), "--sample-image", images[0]]
     args += ["--sample-image", images[1], "MODEL.WEIGHTS", str(weights)]
     args += ["MODEL.ROI_HEADS.NUM_CLASSES", "3", *SMALL_TEST_SIZE]
     status, stdout, err = export(tool, capsys, args)
     assert status == 0, err[-3000:]
     assert stdout.count("classes equal") == 2, stdout
-    if fmt == "onnx":
-        from gcnet_d2.export.onnx_detector import ONNXDetector
+    inst = ONNXDetector(str(out / "model.onnx"))(sample_image(128, 160, 5).float())
+    assert inst.pred_boxes.tensor.shape[1] == 4 and len(inst) > 0
 
-        inst = ONNXDetector(str(out / "model.onnx"))(sample_image(128, 160, 5).float())
-    else:
-        module, meta = load_traced(str(out / "model.ts"))
-        inst = run_traced(module, meta, sample_image(128, 160, 5))
+
+def test_traced_detector_through_the_tool(tool, capsys, tiny_files, tmp_path):
+    """The whole detector to TorchScript through the tool (small DCN + GC cascade), reloaded
+    and run at another size."""
+    folder, images = tiny_files
+    args = ["--config-file", str(folder / "tiny.yaml"), "--format", "torchscript"]
+    args += ["--output", str(tmp_path), "--sample-image", images[0], "--sample-image", images[1]]
+    args += ["MODEL.WEIGHTS", str(folder / "tiny.pth")]
+    status, out, err = export(tool, capsys, args)
+    assert status == 0, err[-3000:]
+    assert out.count("classes equal") == 2, out
+    module, meta = load_traced(str(tmp_path / "model.ts"))
+    inst = run_traced(module, meta, sample_image(128, 160, 5))
     assert inst.pred_boxes.tensor.shape[1] == 4 and len(inst) > 0
 
 
