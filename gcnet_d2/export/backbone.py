@@ -24,7 +24,7 @@ from detectron2.modeling import Backbone
 from torch import nn
 
 from ..io import atomic_open, atomic_write_bytes
-from .errors import ExportRouteError
+from .errors import ExportRouteError, require_package
 
 MIN_OPSET = 19  # ONNX DeformConv appears in opset 19
 MAX_BATCH = 64
@@ -94,8 +94,8 @@ def onnx_bytes(backbone: Backbone, sample: torch.Tensor, opset: int = MIN_OPSET)
             f"ONNX opset {opset}: DeformConv, which deformable convolutions export to, exists "
             f"from opset {MIN_OPSET}; an older opset writes a file the ONNX checker rejects"
         )
-    onnx = _import("onnx")
-    _import("onnxscript")
+    onnx = require_package("onnx")
+    require_package("onnxscript")
     check_sample(backbone, sample)
     module = BackboneFeatures(backbone).eval()
     with torch.no_grad():
@@ -127,19 +127,10 @@ def save_program(program: torch.export.ExportedProgram, path: str) -> None:
         torch.export.save(program, f)
 
 
-def _import(name: str) -> Any:
-    try:
-        return __import__(name)
-    except ImportError as e:
-        raise ExportRouteError(
-            f"the ONNX route needs the {name!r} package: pip install 'gcnet_d2[export]'"
-        ) from e
-
-
 def onnxruntime_session(model: str | bytes) -> Any:
     """An onnxruntime CPU session of ``model`` (a path or the file's bytes) with
     onnxruntime's DEFAULT session options (all graph optimisations on), as users open it."""
-    ort = _import("onnxruntime")
+    ort = require_package("onnxruntime")
     return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 

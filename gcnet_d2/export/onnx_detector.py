@@ -37,7 +37,7 @@ from torch import nn
 from torch.onnx import symbolic_helper
 
 from ..layers import DeformConv2dWithOffset
-from .errors import ExportRouteError
+from .errors import ExportRouteError, require_package
 from .tracing import check_traceable
 
 FORMAT = "gcnet_d2 onnx detector v1"
@@ -146,21 +146,12 @@ def metadata(
     }
 
 
-def _import(name: str) -> Any:
-    try:
-        return __import__(name)
-    except ImportError as e:
-        raise ExportRouteError(
-            f"the ONNX route needs the {name!r} package: pip install 'gcnet_d2[export]'"
-        ) from e
-
-
 def detector_onnx_bytes(
     model: GeneralizedRCNN, image: torch.Tensor, opset: int, meta: dict[str, str]
 ) -> bytes:
     """The whole detector (eval mode) traced on ``image`` (3 x H x W, resized) as an ONNX
     file with dynamic H and W and ``meta`` as its metadata, after ``onnx.checker``."""
-    onnx = _import("onnx")
+    onnx = require_package("onnx")
     check_traceable(model)
     check_opset(opset, has_deform_conv(model))
     if image.dim() != 3 or image.shape[0] != 3:
@@ -195,7 +186,7 @@ class ONNXDetector:
     to compare with the eager model's."""
 
     def __init__(self, model: str | bytes, threads: int | None = None) -> None:
-        ort = _import("onnxruntime")
+        ort = require_package("onnxruntime")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
