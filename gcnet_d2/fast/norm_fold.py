@@ -34,7 +34,7 @@ from torch import nn
 
 from ..layers import frozen_affine, has_frozen_affine
 from .conv1x1_gemm import conv1x1_as_gemm, gemm_applies
-from .tracing import graph_is_recorded
+from .tracing import graph_is_recorded, tracing_to_torchscript
 
 
 def _tensor_key(t: torch.Tensor | None) -> tuple:
@@ -108,9 +108,7 @@ def _gemm_allowed() -> bool:
     """1x1 convs as products (:mod:`.conv1x1_gemm`): eager inference and ``torch.jit.trace``
     to TorchScript; not while a gradient is taken eagerly, compiled, exported (ONNX included:
     the product's reshape of an empty batch fails in ONNX Runtime) or scripted."""
-    if torch.onnx.is_in_onnx_export():
-        return False
-    if torch.jit.is_tracing():
+    if tracing_to_torchscript():
         return True
     return not torch.is_grad_enabled() and not graph_is_recorded()
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-from .tracing import eager
+from .tracing import eager, tracing_to_torchscript
 
 #: Below this many boxes per thread the thread hand-off costs more than it saves.
 MIN_BOXES_PER_THREAD = 16
@@ -105,9 +105,7 @@ class ParallelROIAlign(ROIAlign):
     boxes over threads."""
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:  # noqa: A002
-        if torch.onnx.is_in_onnx_export():  # one RoiAlign node; ONNX Runtime has its threads
-            return super().forward(input, rois)
-        if torch.jit.is_tracing():
+        if tracing_to_torchscript():  # ONNX export: one RoiAlign node (below, not eager)
             return self._forward_traced(input, rois)
         threads = torch.get_num_threads()
         if (

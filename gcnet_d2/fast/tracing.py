@@ -25,6 +25,12 @@ def graph_is_recorded() -> bool:
     return torch.jit.is_tracing() or is_compiling_or_exporting()
 
 
+def tracing_to_torchscript() -> bool:
+    """True while ``torch.jit.trace`` records for TorchScript, not for the ONNX exporter
+    (which traces too): the only recorder some speed-ups have a formulation for."""
+    return torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+
+
 def eager() -> bool:
     """False while ``torch.jit`` traces or scripts, or ``torch.compile`` / ``torch.export``
     runs: the plain eager Python interpreter is running the model."""
@@ -33,4 +39,9 @@ def eager() -> bool:
     return not is_compiling_or_exporting()
 
 
-__all__ = ["eager", "graph_is_recorded", "is_compiling_or_exporting"]
+__all__ = [
+    "eager",
+    "graph_is_recorded",
+    "is_compiling_or_exporting",
+    "tracing_to_torchscript",
+]
