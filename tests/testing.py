@@ -197,6 +197,22 @@ def run_python(
     )
 
 
+@contextlib.contextmanager
+def export_tool() -> Iterator[object]:
+    """``tools/export_model.py`` as a module named ``export_model`` (its dataclass looks its
+    module up in ``sys.modules``), for calling its ``main(argv)`` and helpers in-process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_model", REPO / "tools/export_model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["export_model"] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules["export_model"]
+
+
 # --------------------------------------------------------------------------------------------
 # small COCO datasets
 # --------------------------------------------------------------------------------------------

@@ -12,10 +12,8 @@ within 1e-4, mask IoU >= 0.98. The file itself: opset, dynamic H and W, RoiAlign
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from tests.testing import (
     EXPORT_OPTS,
     FAMILIES,
     REPO,
+    export_tool,
     peaked_class_scores,
     python_env,
     realistic_export_model,
@@ -40,7 +39,6 @@ onnx = pytest.importorskip("onnx", reason="onnx is in the `export` extra")
 pytest.importorskip("onnxruntime", reason="onnxruntime is in the `export` extra")
 
 RUNTIME = REPO / "deploy" / "onnx_predictor.py"
-TOOL = REPO / "tools" / "export_model.py"
 # Up to 300 proposals and 200 detections on a 128 x 192 input (the original images are
 # larger: the runtime resizes them).
 DEPLOY_OPTS = [
@@ -124,14 +122,6 @@ class Deployed:
     got: list[dict]  # ONNXPredictor's, from the torch-free child
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["export_model"] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def deployed(request, tmp_path_factory) -> Deployed:
     from gcnet_d2.predictor import GCNetPredictor
@@ -154,18 +144,14 @@ def deployed(request, tmp_path_factory) -> Deployed:
     trace = str(folder / "trace.png")
     cv2.imwrite(trace, np.ascontiguousarray(mosaic(0, TRACE_SIZE).permute(1, 2, 0).numpy()))
 
-    tool = _load_tool()
     args = ["--config-file", str(folder / "config.yaml"), "--format", "onnx"]
     args += ["--opset", str(OPSETS[family])]
     args += ["--output", str(folder / "out")]
     for image in [trace, *images]:
         args += ["--sample-image", image]
     stdout = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(stdout):
-            status = tool.main(args)
-    finally:
-        del sys.modules["export_model"]
+    with export_tool() as tool, contextlib.redirect_stdout(stdout):
+        status = tool.main(args)
     out = stdout.getvalue()
 
     predictor = GCNetPredictor(cfg)

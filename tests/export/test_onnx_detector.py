@@ -32,25 +32,17 @@ def test_lazyconfig_row_metadata_through_the_tool():
     """What the tool reads from a LazyConfig ``.py`` row for the file's metadata: its test
     mapper's resize and format, its test dataset's class names (kept when the model has as
     many classes; the export itself is the YAML path's, tests/deploy/)."""
-    import importlib.util
     import json
-    import sys
 
-    from tests.testing import LAZY_ROW, REPO
+    from tests.testing import LAZY_ROW, REPO, export_tool
 
-    spec = importlib.util.spec_from_file_location("export_model", REPO / "tools/export_model.py")
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules["export_model"] = tool
-    try:
-        spec.loader.exec_module(tool)
+    with export_tool() as tool:
         resize = ["dataloader.test.mapper.augmentations.0.short_edge_length=[96]"]
         resize += ["dataloader.test.mapper.augmentations.0.max_size=128"]
         coco = tool.onnx_metadata(tool.setup_lazy(str(REPO / LAZY_ROW), resize))
         three = tool.onnx_metadata(
             tool.setup_lazy(str(REPO / LAZY_ROW), ["model.roi_heads.num_classes=3"])
         )
-    finally:
-        del sys.modules["export_model"]
     assert (coco["min_size_test"], coco["max_size_test"]) == ("96", "128")
     assert (three["min_size_test"], three["max_size_test"]) == ("800", "1333")
     assert coco["input_format"] == "RGB" and coco["resize_backend"] == "cv2"

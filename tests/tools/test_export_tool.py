@@ -6,9 +6,6 @@ output captured); one test runs the script itself, to check what its ``__main__`
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import torch
 
@@ -17,6 +14,7 @@ from tests.parity import mmdet_reference as ref
 from tests.testing import (
     REPO,
     export_cfg,
+    export_tool,
     realistic_export_model,
     run_python,
     sample_image,
@@ -31,12 +29,8 @@ SMALL_TEST_SIZE = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192"]
 @pytest.fixture(scope="module")
 def tool():
     """tools/export_model.py as a module."""
-    spec = importlib.util.spec_from_file_location("export_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["export_model"] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["export_model"]
+    with export_tool() as module:
+        yield module
 
 
 def export(tool, capsys, args: list[str]) -> tuple[int, str, str]:  # noqa: ANN001
