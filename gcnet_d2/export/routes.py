@@ -24,10 +24,12 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from detectron2.modeling import GeneralizedRCNN
+from detectron2.structures import Instances
 
 from ..io import atomic_write_bytes
 from . import backbone as bb
@@ -168,13 +170,7 @@ def _trace_detector(
     traced, _ = tracing.trace_detector(model, images[0])
     data = tracing.traced_bytes(traced, model, input_format)
     loaded, meta = tracing.load_traced(io.BytesIO(data), images[0].device)
-    for i, image in enumerate(images):
-        diff = compare_instances(
-            tracing.eager_detections(model, image), tracing.run_traced(loaded, meta, image)
-        )
-        size = "x".join(str(s) for s in image.shape[-2:])
-        result.lines.append(f"sample {i} ({size}): {diff.summary()}")
-        result.ok &= diff.ok
+    _check_detections(model, images, lambda image: tracing.run_traced(loaded, meta, image), result)
     return data
 
 
@@ -186,25 +182,35 @@ def _onnx_detector(
     result: ExportResult,
 ) -> bytes:
     data = onnx_detector.detector_onnx_bytes(model, images[0], opset, meta)
-    session = onnx_detector.ONNXDetector(data)
+    _check_detections(model, images, onnx_detector.ONNXDetector(data), result)
+    return data
+
+
+def _check_detections(
+    model: GeneralizedRCNN,
+    images: list[torch.Tensor],
+    exported: Callable[[torch.Tensor], Instances],
+    result: ExportResult,
+) -> None:
+    """Compare the exported detector with eager on every image, a line each; after a failing
+    one, how far eager is from itself there (:func:`eager_spread`)."""
     for i, image in enumerate(images):
         expected = tracing.eager_detections(model, image)
-        diff = compare_instances(expected, session(image))
+        diff = compare_instances(expected, exported(image))
         size = "x".join(str(s) for s in image.shape[-2:])
         result.lines.append(f"sample {i} ({size}): {diff.summary()}")
         result.ok &= diff.ok
         if not diff.ok:
-            result.lines.append(f"  eager itself on sample {i}, {eager_spread(model, image)}")
-    return data
+            spread = eager_spread(model, image, expected)
+            result.lines.append(f"  eager itself on sample {i}, {spread}")
 
 
-def eager_spread(model: GeneralizedRCNN, image: torch.Tensor) -> str:
-    """How far the eager model is from itself on ``image`` when run with one thread instead
-    of the current number (two if that is one): the rounding noise that any other runtime's
-    kernels add too, amplified by the model. A summary line."""
+def eager_spread(model: GeneralizedRCNN, image: torch.Tensor, expected: Instances) -> str:
+    """How far the eager model is from its detections ``expected`` on ``image`` when run with
+    one thread instead of the current number (two if that is one): the rounding noise that
+    any other runtime's kernels add too, amplified by the model. A summary line."""
     threads = torch.get_num_threads()
     other = 1 if threads > 1 else 2
-    expected = tracing.eager_detections(model, image)
     torch.set_num_threads(other)
     try:
         again = tracing.eager_detections(model, image)
