@@ -76,6 +76,7 @@ class _NamedOutputs(nn.Module):
 
 
 def has_deform_conv(model: nn.Module) -> bool:
+    """Whether ``model`` has deformable convolutions (ONNX ``DeformConv``: opset 19)."""
     return any(isinstance(m, DeformConv2dWithOffset) for m in model.modules())
 
 
