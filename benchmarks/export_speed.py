@@ -36,9 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gcnet_d2  # noqa: E402
 from benchmarks.memory import peak_rss_growth  # noqa: E402
 from gcnet_d2 import fast  # noqa: E402
-from gcnet_d2.export import compare_instances, eager_detections, trace_detector  # noqa: E402
+from gcnet_d2.export import (  # noqa: E402
+    compare_instances,
+    eager_detections,
+    outputs_to_instances,
+    trace_detector,
+)
 from gcnet_d2.export import onnx_detector as od  # noqa: E402
-from gcnet_d2.export.tracing import outputs_to_instances  # noqa: E402
+from gcnet_d2.export.tracing_adapter import output_fields  # noqa: E402
 from tests.testing import realistic_export_model, sample_image  # noqa: E402
 
 
@@ -47,7 +52,7 @@ def exported_runner(model: torch.nn.Module, image: torch.Tensor, runtime: str, t
     the function returns detections as ``Instances``."""
     if runtime == "torchscript":
         traced, _ = trace_detector(model, image)
-        names = ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
+        names = output_fields(model)
         return (lambda: outputs_to_instances(traced(image), names)), None
     opset = od.DEFORM_OPSET if od.has_deform_conv(model) else od.MIN_OPSET
     data = od.detector_onnx_bytes(model, image, opset, {})

@@ -184,6 +184,7 @@ def export(args: argparse.Namespace) -> int:
     setup = (setup_lazy if is_lazy else setup_yaml)(args.config_file, args.opts)
     images = [load_image(p, setup) for p in args.sample_image]
     is_onnx_detector = args.format == "onnx" and args.part == "detector"
+    meta = onnx_metadata(setup) if is_onnx_detector else None
     result = routes.run_route(
         setup.model,
         args.export_method,
@@ -194,7 +195,7 @@ def export(args: argparse.Namespace) -> int:
         input_format=setup.input_format,
         opset=args.opset,
         allow_mismatch=args.allow_mismatch,
-        onnx_metadata=onnx_metadata(setup) if is_onnx_detector else None,
+        onnx_metadata=meta,
     )
     print(f"{args.export_method}/{args.format}/{args.part}, exported vs eager:")
     for line in result.lines:

@@ -1,4 +1,5 @@
-"""The whole detector as one ONNX file that ONNX Runtime runs with its default options.
+"""The whole-detector ONNX route (``--export-method tracing --format onnx``): one ONNX file
+that ONNX Runtime runs with its default options.
 
 Traced (the TorchScript-based exporter, ``dynamo=False``): the numbers of proposals and
 detections depend on the data, which ``torch.export`` cannot express but a trace records as
@@ -28,7 +29,6 @@ import io
 import json
 from typing import Any
 
-import numpy as np
 import torch
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
@@ -38,29 +38,45 @@ from torch.onnx import symbolic_helper
 
 from ..layers import DeformConv2dWithOffset
 from .errors import ExportRouteError, require_package
-from .tracing import check_traceable
+from .onnxruntime_session import onnxruntime_session, run_onnxruntime
+from .tracing_adapter import check_traceable, detector_adapter, output_fields
+from .verify import ExportResult, check_detections
 
 FORMAT = "gcnet_d2 onnx detector v1"
 MIN_OPSET = 16  # RoiAlign with coordinate_transformation_mode (torchvision's aligned=True)
 DEFORM_OPSET = 19  # DeformConv
 INPUT = "image"
-
-
-def detector_outputs(model: GeneralizedRCNN, inputs: list[dict]) -> tuple[torch.Tensor, ...]:
-    """``TracingAdapter``'s inference function: the detections of one image before the final
-    resize as ``(boxes, scores, classes[, mask_probs])``."""
-    inst = model.inference(inputs, do_postprocess=False)[0]
-    outputs = (inst.pred_boxes.tensor, inst.scores, inst.pred_classes)
-    return (*outputs, inst.pred_masks) if inst.has("pred_masks") else outputs
+# The file's outputs, in this order, and the adapter's fields (tracing_adapter) they are.
+OUTPUTS = {
+    "boxes": "pred_boxes",
+    "scores": "scores",
+    "classes": "pred_classes",
+    "mask_probs": "pred_masks",
+}
 
 
 def output_names(model: GeneralizedRCNN) -> list[str]:
-    """The file's output names, in :func:`detector_outputs`' order."""
-    names = ["boxes", "scores", "classes"]
-    return [*names, "mask_probs"] if getattr(model.roi_heads, "mask_on", False) else names
+    """The file's output names, in order (``mask_probs`` with a mask head only)."""
+    fields = output_fields(model)
+    return [name for name, field in OUTPUTS.items() if field in fields]
+
+
+class _NamedOutputs(nn.Module):
+    """The adapter's outputs picked and ordered as the file's :func:`output_names`."""
+
+    def __init__(self, adapter: TracingAdapter, model: GeneralizedRCNN) -> None:
+        super().__init__()
+        self.adapter = adapter
+        fields = output_fields(model)
+        self.picks = [fields.index(OUTPUTS[name]) for name in output_names(model)]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.adapter(image)
+        return tuple(outputs[i] for i in self.picks)
 
 
 def has_deform_conv(model: nn.Module) -> bool:
+    """Whether ``model`` has deformable convolutions (ONNX ``DeformConv``: opset 19)."""
     return any(isinstance(m, DeformConv2dWithOffset) for m in model.modules())
 
 
@@ -158,8 +174,7 @@ def detector_onnx_bytes(
         raise ValueError(f"trace image must be 3 x H x W, got shape {tuple(image.shape)}")
     register_symbolics()
     names = output_names(model)
-    # TracingAdapter runs under no_grad and makes len() of detectron2's structures symbolic.
-    module = TracingAdapter(model.eval(), [{"image": image.float()}], detector_outputs).eval()
+    module = _NamedOutputs(detector_adapter(model, image.float()), model).eval()
     buffer = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
@@ -186,20 +201,30 @@ class ONNXDetector:
     to compare with the eager model's."""
 
     def __init__(self, model: str | bytes, threads: int | None = None) -> None:
-        ort = require_package("onnxruntime")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime_session(model, threads)
         self.names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, image: torch.Tensor) -> Instances:
-        pixels = np.ascontiguousarray(image.detach().cpu().float().numpy())
-        outputs = dict(zip(self.names, self.session.run(None, {INPUT: pixels}), strict=True))
+        outputs = dict(zip(self.names, run_onnxruntime(self.session, image.float()), strict=True))
         inst = Instances(tuple(int(s) for s in image.shape[-2:]))
-        inst.pred_boxes = Boxes(torch.from_numpy(outputs["boxes"]))
-        inst.scores = torch.from_numpy(outputs["scores"])
-        inst.pred_classes = torch.from_numpy(outputs["classes"])
+        inst.pred_boxes = Boxes(outputs["boxes"])
+        inst.scores = outputs["scores"]
+        inst.pred_classes = outputs["classes"]
         if "mask_probs" in outputs:
-            inst.pred_masks = torch.from_numpy(outputs["mask_probs"])
+            inst.pred_masks = outputs["mask_probs"]
         return inst
+
+
+def export_detector(
+    model: GeneralizedRCNN,
+    images: list[torch.Tensor],
+    opset: int,
+    meta: dict[str, str],
+    result: ExportResult,
+) -> bytes:
+    """The detector traced to ONNX on ``images[0]`` (:func:`detector_onnx_bytes`), run in
+    ONNX Runtime and checked against eager on every image (into ``result``); the file's
+    bytes."""
+    data = detector_onnx_bytes(model, images[0], opset, meta)
+    check_detections(model, images, ONNXDetector(data), result)
+    return data

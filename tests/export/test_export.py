@@ -27,8 +27,10 @@ from gcnet_d2.export import (
     save_traced,
     trace_detector,
 )
-from gcnet_d2.export import backbone as bb
-from gcnet_d2.export.routes import check_route, export_detector_program
+from gcnet_d2.export.backbone_features import backbone_outputs
+from gcnet_d2.export.onnxruntime_session import onnxruntime_session, run_onnxruntime
+from gcnet_d2.export.routes import check_route
+from gcnet_d2.export.torch_export import backbone_program, export_detector_program, onnx_bytes
 from gcnet_d2.modeling import ContextBlock, DeformConv2dWithOffset
 from tests.testing import FAMILIES, sample_image, tiny_detector
 
@@ -106,14 +108,14 @@ def test_traced_detector_equals_eager_at_other_sizes_and_counts(family, tmp_path
 def test_backbone_torch_export_dynamic_batch_hw(family):
     name, model = family
     backbone = model.backbone
-    program = bb.export_backbone(backbone, torch.randn(1, 3, 128, 160))
+    program = backbone_program(backbone, torch.randn(1, 3, 128, 160))
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     buffer.seek(0)
     module = torch.export.load(buffer).module()
     for n, h, w in ((1, 128, 160), (2, 96, 224)):  # batch, H and W all dynamic
         x = torch.randn(n, 3, h, w)
-        expected = bb.backbone_outputs(backbone, x)
+        expected = backbone_outputs(backbone, x)
         got = module(x)
         for e, g in zip(expected, got, strict=True):
             assert e.shape == g.shape
@@ -126,16 +128,16 @@ def test_backbone_onnx_runs_in_onnxruntime_with_default_options(family):
     import onnx
 
     name, model = family
-    data = bb.onnx_bytes(model.backbone, torch.randn(1, 3, 128, 160), opset=19)
+    data = onnx_bytes(model.backbone, torch.randn(1, 3, 128, 160), opset=19)
     proto = onnx.load_from_string(data)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 19
     ops = {n.op_type for n in proto.graph.node}
     assert ("DeformConv" in ops) == (name == "dcn_gc_cascade")
-    session = bb.onnxruntime_session(data)  # onnxruntime's DEFAULT session options
+    session = onnxruntime_session(data)  # onnxruntime's DEFAULT session options
     for n, h, w in ((1, 128, 160), (2, 96, 224)):
         x = torch.randn(n, 3, h, w)
-        expected = bb.backbone_outputs(model.backbone, x)
-        got = bb.run_onnxruntime(session, x)
+        expected = backbone_outputs(model.backbone, x)
+        got = run_onnxruntime(session, x)
         worst = max(relative_error(e, g) for e, g in zip(expected, got, strict=True))
         assert worst <= 1e-4, (name, h, w, worst)
 
@@ -182,10 +184,10 @@ def test_onnxruntime_runs_deform_conv_like_torchvision(groups, deform_groups, of
     with torch.no_grad():
         program = torch.onnx.export(layer, (x,), dynamo=True, opset_version=19)
     assert "DeformConv" in {n.op_type for n in program.model_proto.graph.node}
-    session = bb.onnxruntime_session(program.model_proto.SerializeToString())
+    session = onnxruntime_session(program.model_proto.SerializeToString())
     with torch.no_grad():
         expected = layer(x)
-    assert relative_error(expected, bb.run_onnxruntime(session, x)[0]) <= 1e-5
+    assert relative_error(expected, run_onnxruntime(session, x)[0]) <= 1e-5
 
 
 def test_onnxruntime_matmul_transpose_repro_runs():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gcnet_d2.export import load_traced, run_traced
+from gcnet_d2.export import compare_instances, eager_detections, load_traced, run_traced
 from tests.parity import mmdet_reference as ref
 from tests.testing import (
     REPO,
@@ -45,6 +45,20 @@ def _write_image(path, height: int, width: int, seed: int) -> str:  # noqa: ANN0
     return write_image(path, sample_image(height, width, seed).permute(1, 2, 0).numpy())
 
 
+def assert_weights_are_the_checkpoints(
+    exported: dict, checkpoint: str, part: str = "", prefix: str = ""
+) -> None:
+    """Every tensor of the checkpoint (those whose names start with ``part``) is in the
+    exported module's ``state_dict()`` under ``prefix`` + its name, and equal: the export
+    holds the weights it was given, not the initial ones."""
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    weights = {name: w for name, w in weights.items() if name.startswith(part)}
+    assert len(weights) > 50, sorted(weights)[:5]
+    for name, tensor in weights.items():
+        assert prefix + name in exported, (name, sorted(exported)[:5])
+        assert torch.equal(exported[prefix + name], tensor), name
+
+
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     """A small DCN + GC cascade config (YAML) and its detectron2 checkpoint."""
@@ -55,14 +69,17 @@ def tiny_files(tmp_path_factory):
     model = realistic_export_model(cfg)
     torch.save({"model": model.state_dict()}, folder / "tiny.pth")
     images = [_write_image(folder / f"img{i}.png", 150 + 30 * i, 200, i) for i in range(2)]
-    return folder, images
+    return folder, images, model
 
 
 @pytest.mark.slow
 def test_backbone_to_pt2_through_the_tool(tool, capsys, tiny_files, tmp_path):
     """The backbone route of the tool (ONNX itself: tests/export/test_export.py), DCN + GC
-    cascade."""
-    folder, images = tiny_files
+    cascade; the reloaded program at a size no sample had equals the eager backbone there."""
+    from gcnet_d2.export.backbone_features import backbone_outputs
+    from gcnet_d2.export.compare import relative_error
+
+    folder, images, model = tiny_files
     args = ["--config-file", str(folder / "tiny.yaml"), "--export-method", "torch_export"]
     args += ["--format", "pt2", "--part", "backbone", "--output", str(tmp_path)]
     args += ["--sample-image", images[0], "--sample-image", images[1]]
@@ -72,14 +89,19 @@ def test_backbone_to_pt2_through_the_tool(tool, capsys, tiny_files, tmp_path):
     assert out.count("max relative difference") == 3, out  # 2 + padded
     program = torch.export.load(str(tmp_path / "model.pt2"))
     x = torch.randn(1, 3, 96, 224)  # a size no sample had
-    assert len(program.module()(x)) == 5
+    expected = backbone_outputs(model.backbone, x)
+    got = program.module()(x)
+    assert len(got) == len(expected) == 5
+    for e, g in zip(expected, got, strict=True):
+        assert e.shape == g.shape and relative_error(e, g) <= 1e-4
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not ref.mmdet_available(), reason=ref.mmdet_unavailable_reason())
 def test_onnx_detector_from_an_mmdetection_checkpoint(tool, capsys, tmp_path):
     """MODEL.WEIGHTS is an mmdetection file (converted on load), full width; two sample
-    images; the whole detector to ONNX, then run in ONNX Runtime at another size."""
+    images; the whole detector to ONNX, then run in ONNX Runtime at another size and compared
+    with the eager model (as the tool loads it) there."""
     from gcnet_d2.export.onnx_detector import ONNXDetector
 
     mm = ref.build_mmdet_model("mask_rcnn_r50_gc_r16", num_classes=3, seed=1)
@@ -89,19 +111,22 @@ def test_onnx_detector_from_an_mmdetection_checkpoint(tool, capsys, tmp_path):
     out = tmp_path / "out"
     args = ["--config-file", R50_GC, "--export-method", "tracing", "--format", "onnx"]
     args += ["--output", str(out), "--sample-image", images[0]]
-    args += ["--sample-image", images[1], "MODEL.WEIGHTS", str(weights)]
-    args += ["MODEL.ROI_HEADS.NUM_CLASSES", "3", *SMALL_TEST_SIZE]
+    opts = ["MODEL.WEIGHTS", str(weights), "MODEL.ROI_HEADS.NUM_CLASSES", "3", *SMALL_TEST_SIZE]
+    args += ["--sample-image", images[1], *opts]
     status, stdout, err = export(tool, capsys, args)
     assert status == 0, err[-3000:]
     assert stdout.count("classes equal") == 2, stdout
-    inst = ONNXDetector(str(out / "model.onnx"))(sample_image(128, 160, 5).float())
-    assert inst.pred_boxes.tensor.shape[1] == 4 and len(inst) > 0
+    image = sample_image(128, 160, 5)  # a size no sample had
+    inst = ONNXDetector(str(out / "model.onnx"))(image)
+    eager = tool.setup_yaml(R50_GC, opts).model
+    diff = compare_instances(eager_detections(eager, image), inst)
+    assert diff.ok and len(inst) > 0, diff.summary()
 
 
 def test_traced_detector_through_the_tool(tool, capsys, tiny_files, tmp_path):
     """The whole detector to TorchScript through the tool (small DCN + GC cascade), reloaded
-    and run at another size."""
-    folder, images = tiny_files
+    and run at another size: equal to eager there; the file holds the checkpoint's weights."""
+    folder, images, model = tiny_files
     args = ["--config-file", str(folder / "tiny.yaml"), "--format", "torchscript"]
     args += ["--output", str(tmp_path), "--sample-image", images[0], "--sample-image", images[1]]
     args += ["MODEL.WEIGHTS", str(folder / "tiny.pth")]
@@ -109,8 +134,12 @@ def test_traced_detector_through_the_tool(tool, capsys, tiny_files, tmp_path):
     assert status == 0, err[-3000:]
     assert out.count("classes equal") == 2, out
     module, meta = load_traced(str(tmp_path / "model.ts"))
-    inst = run_traced(module, meta, sample_image(128, 160, 5))
-    assert inst.pred_boxes.tensor.shape[1] == 4 and len(inst) > 0
+    image = sample_image(128, 160, 5)  # a size no sample had
+    inst = run_traced(module, meta, image)
+    diff = compare_instances(eager_detections(model, image), inst)
+    assert diff.ok and len(inst) > 0, diff.summary()
+    state = module.state_dict()  # names under the TracingAdapter's ``model``
+    assert_weights_are_the_checkpoints(state, str(folder / "tiny.pth"), prefix="model.")
 
 
 @pytest.mark.parametrize(
@@ -148,7 +177,7 @@ def test_the_script_exits_2_with_one_line_and_no_traceback(tmp_path):
 
 
 def test_unreadable_sample_image_exits_2(tool, capsys, tiny_files, tmp_path):
-    folder, _ = tiny_files
+    folder, _, _ = tiny_files
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     args = ["--config-file", str(folder / "tiny.yaml"), "--sample-image", str(bad)]
@@ -172,7 +201,8 @@ def test_documented_commands_parse_and_take_a_route(tool):
 
 @pytest.mark.slow
 def test_backbone_from_a_lazyconfig(tool, capsys, tmp_path):
-    """A LazyConfig row (.py) with key=value overrides; weights from train.init_checkpoint."""
+    """A LazyConfig row (.py) with key=value overrides; weights from train.init_checkpoint:
+    the traced backbone holds them."""
     from detectron2.config import instantiate
 
     import gcnet_d2
@@ -191,4 +221,5 @@ def test_backbone_from_a_lazyconfig(tool, capsys, tmp_path):
     status, out, err = export(tool, capsys, args)
     assert status == 0, err[-3000:]
     assert "initial weights" not in out
-    assert any((tmp_path / "out").iterdir())
+    traced = torch.jit.load(str(tmp_path / "out" / "model.ts"))
+    assert_weights_are_the_checkpoints(traced.state_dict(), str(tmp_path / "w.pth"), "backbone.")

@@ -1,51 +1,39 @@
-"""Whole-detector TorchScript through detectron2's ``TracingAdapter`` (one image per call).
+"""The TorchScript route (``--export-method tracing --format torchscript``): the whole detector
+through detectron2's ``TracingAdapter`` (one image per call), or the backbone alone.
 
-The traced module takes one image tensor, C x H x W in ``cfg.INPUT.FORMAT`` channel order
+The traced detector takes one image tensor, C x H x W in ``cfg.INPUT.FORMAT`` channel order
 (uint8 or float, 0..255), already resized as the test pipeline resizes it; H and W are free
 (any size, not only the trace image's). It returns detectron2's flattened ``Instances``
 *before* the final resize, as a tuple in field-name order:
 ``pred_boxes`` (N x 4, input-image pixels), ``pred_classes`` (N), ``pred_masks``
 (N x 1 x M x M RoI mask probabilities, Mask R-CNN only), ``scores`` (N), and the image size.
-:func:`outputs_to_instances` rebuilds the ``Instances``; detectron2's ``detector_postprocess``
-then rescales the boxes and pastes the masks at any output size.
+:func:`.tracing_adapter.outputs_to_instances` rebuilds the ``Instances``; detectron2's
+``detector_postprocess`` then rescales the boxes and pastes the masks at any output size.
 
 The saved file carries ``gcnet_d2_export.json`` (an extra file) naming the output fields and
 the input format, so :func:`load_traced` / :func:`run_traced` need nothing but the file.
+
+The traced backbone takes and returns what :mod:`.backbone_features` describes.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
-from detectron2.structures import Boxes, Instances
-from torch import nn
+from detectron2.structures import Instances
 
 from ..io import atomic_write_bytes
+from .backbone_features import BackboneFeatures, backbone_inputs
 from .errors import ExportRouteError
+from .tracing_adapter import detector_adapter, output_fields, outputs_to_instances
+from .verify import ExportResult, check_detections, check_features
 
 META_FILE = "gcnet_d2_export.json"
-
-
-def detector_inference(model: GeneralizedRCNN, inputs: list[dict]) -> list[dict]:
-    """``TracingAdapter``'s inference function: detections before the final resize."""
-    return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
-
-
-def check_traceable(model: nn.Module) -> None:
-    """Raise :class:`ExportRouteError` when ``model`` cannot be traced whole."""
-    if not isinstance(model, GeneralizedRCNN):
-        raise ExportRouteError(
-            f"whole-model tracing supports detectron2's GeneralizedRCNN (Mask / Cascade Mask "
-            f"R-CNN), got {type(model).__name__}"
-        )
-    if model.proposal_generator is None:
-        raise ExportRouteError("whole-model tracing needs the RPN (MODEL.PROPOSAL_GENERATOR)")
 
 
 def _python_ops(graph: torch._C.Graph) -> list[str]:
@@ -66,11 +54,9 @@ def trace_detector(model: GeneralizedRCNN, image: torch.Tensor) -> tuple[Any, Tr
     module's outputs back into detectron2's structures. Works with grad mode on or off
     (``TracingAdapter`` runs the model under ``no_grad``).
     """
-    check_traceable(model)
+    adapter = detector_adapter(model, image)
     if image.dim() != 3:
         raise ValueError(f"trace image must be C x H x W, got shape {tuple(image.shape)}")
-    model.eval()
-    adapter = TracingAdapter(model, [{"image": image}], detector_inference)
     traced = torch.jit.trace(adapter, (image,), check_trace=False)
     python_ops = _python_ops(traced.inlined_graph)
     if python_ops:
@@ -83,15 +69,11 @@ def trace_detector(model: GeneralizedRCNN, image: torch.Tensor) -> tuple[Any, Tr
 
 def metadata(model: GeneralizedRCNN, input_format: str) -> dict:
     """What :func:`run_traced` needs to read the outputs: field names and input format."""
-    # TracingAdapter flattens Instances fields in sorted name order, then the image size.
-    names = ["pred_boxes", "pred_classes", "scores"]
-    if getattr(model.roi_heads, "mask_on", False):
-        names.append("pred_masks")
     return {
         "format": "gcnet_d2 traced detector v1",
         "input": f"one C x H x W image, {input_format}, 0..255, resized as the test pipeline",
         "input_format": input_format,
-        "outputs": [*sorted(names), "image_size"],
+        "outputs": output_fields(model),
     }
 
 
@@ -120,26 +102,35 @@ def load_traced(path: str | io.BytesIO, device: str | torch.device = "cpu") -> t
     return module, json.loads(extra[META_FILE])
 
 
-def outputs_to_instances(outputs: Sequence[torch.Tensor], field_names: Sequence[str]) -> Instances:
-    """Rebuild ``Instances`` from a traced detector's output tuple and its field names."""
-    if len(outputs) != len(field_names):
-        raise ValueError(
-            f"expected {len(field_names)} outputs {list(field_names)}, got {len(outputs)}"
-        )
-    named = dict(zip(field_names, outputs, strict=True))
-    size = named.pop("image_size")
-    inst = Instances((int(size[0]), int(size[1])))
-    for name, value in named.items():
-        inst.set(name, Boxes(value) if name == "pred_boxes" else value)
-    return inst
-
-
 def run_traced(module: Any, meta: dict, image: torch.Tensor) -> Instances:
     """Detections of a loaded traced detector on one C x H x W image (before the resize)."""
     return outputs_to_instances(module(image), meta["outputs"])
 
 
-def eager_detections(model: GeneralizedRCNN, image: torch.Tensor) -> Instances:
-    """The eager model's detections on ``image``, in the traced module's form."""
+def export_detector(
+    model: GeneralizedRCNN, images: list[torch.Tensor], input_format: str, result: ExportResult
+) -> bytes:
+    """The detector traced on ``images[0]``, saved, reloaded from the bytes and checked
+    against eager on every image (into ``result``); the file's bytes."""
+    traced, _ = trace_detector(model, images[0])
+    data = traced_bytes(traced, model, input_format)
+    loaded, meta = load_traced(io.BytesIO(data), images[0].device)
+    check_detections(model, images, lambda image: run_traced(loaded, meta, image), result)
+    return data
+
+
+def export_backbone(
+    model: GeneralizedRCNN, images: list[torch.Tensor], result: ExportResult
+) -> bytes:
+    """``model.backbone`` traced on the first sample's input, saved, reloaded and checked
+    against eager at every sample's size and one more (into ``result``); the file's bytes."""
+    inputs = backbone_inputs(model, images)
+    module = BackboneFeatures(model.backbone).eval()
     with torch.no_grad():
-        return detector_inference(model.eval(), [{"image": image}])[0]["instances"]
+        traced = torch.jit.trace(module, (inputs[0],), check_trace=False)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    data = buffer.getvalue()
+    loaded = torch.jit.load(io.BytesIO(data))
+    check_features(model.backbone, inputs, loaded, result)
+    return data
