@@ -14,6 +14,9 @@
 - the export tests' three families: :data:`FAMILIES`, :func:`tiny_detector`,
   :func:`sample_image`.
 
+Optional packages (onnx, onnxruntime, ...) are asked for with
+``tests.missing_packages.require``: a skip locally, a failure naming the package under CI.
+
 mmdetection's side of the parity tests stays in ``tests/parity/mmdet_reference.py``: it
 randomises an mmdetection model (its own module names, its own forward pieces for the
 calibration pass) *before* its weights are converted to ours, so it cannot run on our model.

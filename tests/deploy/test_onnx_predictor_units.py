@@ -30,12 +30,16 @@ import torch
 from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
-from onnx import TensorProto, helper, numpy_helper
 from pycocotools import mask as mask_util
 
 from gcnet_d2 import GCNetPredictor
 from gcnet_d2.data.transforms import MMDetResizeShortestEdge
+from tests.missing_packages import require
 from tests.testing import REPO, run_python
+
+onnx = require("onnx", "the `export` extra, requirements-dev.txt")
+require("onnxruntime", "the `export` extra, requirements-dev.txt")
+TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
 MODULE = REPO / "deploy" / "onnx_predictor.py"
 F32 = np.float32

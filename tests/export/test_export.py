@@ -30,6 +30,7 @@ from gcnet_d2.export import (
 from gcnet_d2.export import backbone as bb
 from gcnet_d2.export.routes import check_route, export_detector_program
 from gcnet_d2.modeling import ContextBlock, DeformConv2dWithOffset
+from tests.missing_packages import require
 from tests.testing import FAMILIES, sample_image, tiny_detector
 
 TRACE_IMAGE = (128, 160, 0)  # height, width, seed
@@ -37,7 +38,7 @@ CHECK_IMAGES = [(160, 224, 1), (96, 128, 3), (192, 256, 2)]
 
 
 def _needs(module: str):
-    return pytest.importorskip(module, reason=f"{module} is in the `export` extra")
+    return require(module, "the `export` extra, requirements-dev.txt")
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
