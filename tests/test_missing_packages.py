@@ -50,8 +50,7 @@ def run_child(tmp_path: Path, ci: str) -> tuple[int, str]:
         (tmp_path / name).write_text(textwrap.dedent(text))
     args = ["-m", "pytest", "-p", "tests.missing_packages", "-p", "no:cacheprovider", "-q"]
     args += ["-rA", "--continue-on-collection-errors", "--rootdir", str(tmp_path), str(tmp_path)]
-    env = python_env(CI=ci)
-    env.pop("PYTEST_XDIST_WORKER", None)
+    env = {k: v for k, v in python_env(CI=ci).items() if not k.startswith("PYTEST_")}
     proc = subprocess.run(
         [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
