@@ -544,7 +544,8 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> str:
 def reference(tmp_path_factory: pytest.TempPathFactory, synth: str) -> Path:
     """One uninterrupted ``--num-gpus 2`` run; its final weights are what every test expects."""
     out = tmp_path_factory.mktemp("reference")
-    argv = [PYTHON, *train_argv("train_net.py", out, "--num-gpus", "2", "--dist-url", "auto")]
+    url = f"tcp://127.0.0.1:{free_port()}"  # not "auto": a port no other xdist worker takes
+    argv = [PYTHON, *train_argv("train_net.py", out, "--num-gpus", "2", "--dist-url", url)]
     kids = Children(out)
     try:
         proc = kids.start("reference", argv, child_env(synth))
