@@ -13,8 +13,9 @@ Usage (the output is what ``gcnet_d2.GCNetPredictor`` gives, as numpy arrays)::
     out = predictor(cv2.imread("image.jpg"))  # BGR uint8 H x W x 3
     out["boxes"], out["scores"], out["classes"], out.get("masks")
 
-or from a shell: ``python onnx_predictor.py model.onnx a.jpg b.jpg --output out/`` (a picture
-with the detections drawn and a JSON file with COCO RLE masks per image).
+or from a shell: ``python onnx_predictor.py model.onnx a.jpg b.jpg --output out/`` (per image a
+picture with the detections scoring >= ``--score-threshold`` (0.5) drawn, labels never over
+one another, and a JSON file with every detection, masks as COCO RLE).
 
 The ONNX contract (what gcnet_d2's exporter writes):
 
@@ -42,14 +43,16 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 
 __all__ = [
-    "FORMAT", "ONNXPredictor", "draw_detections", "main", "mask_region", "paste_masks",
-    "postprocess", "preprocess", "resized_size", "rle_encode", "scale_boxes",
+    "FORMAT", "DrawnDetection", "ONNXPredictor", "draw_detections", "main", "mask_region",
+    "output_stems", "paste_masks", "picture_layout", "postprocess", "preprocess",
+    "resized_size", "rle_encode", "scale_boxes",
 ]  # fmt: skip
 
 FORMAT = "gcnet_d2 onnx detector v1"
@@ -283,30 +286,121 @@ def rle_encode(mask: np.ndarray) -> dict:
 
 
 def _color(class_id: int) -> tuple[int, int, int]:
-    """A fixed, distinct-ish BGR colour per class."""
+    """A fixed, distinct-ish BGR colour per class (light: black label text reads on it)."""
     rng = np.random.default_rng(class_id)
     return tuple(int(c) for c in rng.integers(64, 256, size=3))
 
 
+FONT, FONT_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, half-open: [x0, x1) x [y0, y1)
+
+
+class DrawnDetection(NamedTuple):
+    """A detection the picture shows: its index in the result, its label text, and where
+    the label goes (``None``: no free place left in the picture; the box is still drawn)."""
+
+    index: int
+    text: str
+    label: Rect | None
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _place_label(
+    box: Rect, size: tuple[int, int], image_hw: tuple[int, int], taken: list[Rect]
+) -> Rect | None:
+    """Where a label of ``size`` (w, h) goes for ``box``: above the box, else inside its top,
+    else below it, else the nearest place down, then up, past the labels in the way; inside
+    the image and over no rectangle of ``taken``; None when no such place is left."""
+    (w, h), (img_h, img_w) = size, image_hw
+    if w > img_w or h > img_h:
+        return None
+    x = min(max(box[0], 0), img_w - w)
+
+    def in_the_way(y: int) -> list[Rect]:
+        return [t for t in taken if _overlaps((x, y, x + w, y + h), t)]
+
+    for y in (box[1] - h, box[1], box[3]):
+        if 0 <= y <= img_h - h and not in_the_way(y):
+            return (x, y, x + w, y + h)
+    for down in (True, False):  # from above the box, past the labels in the way
+        y = min(max(box[1] - h, 0), img_h - h)
+        while 0 <= y <= img_h - h:
+            labels = in_the_way(y)
+            if not labels:
+                return (x, y, x + w, y + h)
+            y = max(t[3] for t in labels) if down else min(t[1] for t in labels) - h
+    return None
+
+
+def picture_layout(
+    result: dict[str, np.ndarray],
+    names: Sequence[str],
+    image_hw: tuple[int, int],
+    score_threshold: float = 0.5,
+) -> list[DrawnDetection]:
+    """What :func:`draw_detections` draws: the detections scoring ``>= score_threshold``,
+    best first, each labelled "name score" where no earlier label is (:func:`_place_label`)."""
+    scores = np.asarray(result["scores"], dtype=F32)
+    order = sorted(np.flatnonzero(scores >= F32(score_threshold)), key=lambda i: (-scores[i], i))
+    drawn, taken = [], []
+    for i in order:
+        text = f"{names[i]} {float(scores[i]):.2f}"
+        (tw, th), baseline = cv2.getTextSize(text, FONT, FONT_SCALE, 1)
+        box = tuple(int(round(float(v))) for v in result["boxes"][i])
+        label = _place_label(box, (tw + 4, th + baseline + 4), image_hw, taken)
+        if label is not None:
+            taken.append(label)
+        drawn.append(DrawnDetection(int(i), text, label))
+    return drawn
+
+
 def draw_detections(
-    bgr_image: np.ndarray, result: dict[str, np.ndarray], names: Sequence[str]
+    bgr_image: np.ndarray,
+    result: dict[str, np.ndarray],
+    names: Sequence[str],
+    score_threshold: float = 0.5,
 ) -> np.ndarray:
-    """A copy of ``bgr_image`` with each detection's mask tinted, box and "name score" drawn;
+    """A copy of ``bgr_image`` with the detections of :func:`picture_layout` drawn: mask
+    tinted, box outlined, label (black on the class colour) where it hides no other label;
     ``names[i]`` names detection i."""
     canvas = bgr_image.copy()
     masks = result.get("masks")
-    for i, (box, score, cls) in enumerate(
-        zip(result["boxes"], result["scores"], result["classes"], strict=True)
-    ):
-        color = _color(int(cls))
+    drawn = picture_layout(result, names, bgr_image.shape[:2], score_threshold)
+    for item in drawn:
+        color = _color(int(result["classes"][item.index]))
         if masks is not None:
-            region = canvas[masks[i]].astype(F32)
-            canvas[masks[i]] = (0.5 * region + 0.5 * np.array(color, F32)).astype(np.uint8)
-        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+            region = canvas[masks[item.index]].astype(F32)
+            canvas[masks[item.index]] = (0.5 * region + 0.5 * np.array(color, F32)).astype(np.uint8)
+        x0, y0, x1, y1 = (int(round(float(v))) for v in result["boxes"][item.index])
         cv2.rectangle(canvas, (x0, y0), (x1, y1), color, 2)
-        label = f"{names[i]} {float(score):.2f}"
-        cv2.putText(canvas, label, (x0, max(y0 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1)
+    for item in drawn:  # labels last: no box line crosses a label
+        if item.label is not None:
+            x0, y0, x1, y1 = item.label
+            color = _color(int(result["classes"][item.index]))
+            cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), color, cv2.FILLED)
+            (_, th), _ = cv2.getTextSize(item.text, FONT, FONT_SCALE, 1)
+            cv2.putText(canvas, item.text, (x0 + 2, y0 + 2 + th), FONT, FONT_SCALE, (0, 0, 0), 1)
     return canvas
+
+
+def output_stems(image_paths: Sequence[str]) -> list[str]:
+    """The output name (``<stem>.jpg`` / ``.json``) of each input: its file's stem, and for
+    a stem met before (a/x.png, b/x.png; case-insensitively) ``<stem>-1``, ``<stem>-2``, ...,
+    the first suffix no other output has; so no output overwrites another."""
+    taken: set[str] = set()
+    stems = []
+    for path in image_paths:
+        stem = candidate = Path(path).stem
+        k = 0
+        while candidate.casefold() in taken:
+            k += 1
+            candidate = f"{stem}-{k}"
+        taken.add(candidate.casefold())
+        stems.append(candidate)
+    return stems
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -321,8 +415,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _predict_file(predictor: ONNXPredictor, image_path: str, out_dir: Path) -> None:
-    """Detections on one image file written to ``out_dir/<stem>.jpg`` and ``<stem>.json``."""
+def _predict_file(
+    predictor: ONNXPredictor, image_path: str, out_dir: Path, stem: str, score_threshold: float
+) -> None:
+    """Detections on one image file: all of them in ``out_dir/<stem>.json``, those scoring
+    ``>= score_threshold`` drawn in ``out_dir/<stem>.jpg``."""
     image = cv2.imread(image_path, cv2.IMREAD_COLOR)
     if image is None:
         why = "not an image OpenCV decodes" if os.path.isfile(image_path) else "no such file"
@@ -342,10 +439,9 @@ def _predict_file(predictor: ONNXPredictor, image_path: str, out_dir: Path) -> N
         detections.append(detection)
     height, width = image.shape[:2]
     record = {"image": image_path, "height": height, "width": width, "detections": detections}
-    ok, picture = cv2.imencode(".jpg", draw_detections(image, result, names))
+    ok, picture = cv2.imencode(".jpg", draw_detections(image, result, names, score_threshold))
     if not ok:
         raise ValueError(f"{image_path}: cannot encode the drawn picture")
-    stem = Path(image_path).stem
     _write_atomically(out_dir / f"{stem}.jpg", picture.tobytes())
     _write_atomically(out_dir / f"{stem}.json", json.dumps(record).encode())
 
@@ -355,22 +451,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a gcnet_d2 ONNX detector file")
     parser.add_argument("images", nargs="+", help="image files (anything cv2.imread reads)")
-    parser.add_argument("--output", required=True, help="folder for <stem>.jpg and <stem>.json")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder for <stem>.jpg (the picture) and <stem>.json (every detection) per image; "
+        "images sharing a file stem (a/x.png, b/x.png) get x, x-1, x-2, ... in the order given",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="draw only detections scoring at least this (default 0.5); the JSON keeps all",
+    )
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     args = parser.parse_args(argv)
     cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
     if cv_logging is not None:  # no decoder warnings: an unreadable image is our one line
         cv_logging.setLogLevel(cv_logging.LOG_LEVEL_ERROR)
     try:
+        if not 0 <= args.score_threshold <= 1:
+            raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
         predictor = ONNXPredictor(args.model, threads=args.threads)
         out_dir = Path(args.output)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"{out_dir}: cannot create the output folder: {e.strerror}") from e
-        for image_path in args.images:
+        for image_path, stem in zip(args.images, output_stems(args.images), strict=True):
             try:
-                _predict_file(predictor, image_path, out_dir)
+                _predict_file(predictor, image_path, out_dir, stem, args.score_threshold)
             except OSError as e:
                 raise ValueError(f"{e.filename or image_path}: {e.strerror or e}") from e
     except (OSError, ValueError) as e:

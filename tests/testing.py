@@ -4,7 +4,8 @@
   :func:`documented_commands`;
 - one tiny model: :data:`TINY` widths, :func:`narrow`, :data:`TINY_OPTS` / :func:`tiny_cfg`
   (every row's architecture at a fraction of its width, 64 px images);
-- one way to run Python in a child process: :func:`python_env` / :func:`run_python`;
+- one way to run Python in a child process: :func:`python_env` / :func:`run_python`, and a
+  port for its process group that no other pytest-xdist worker gets: :func:`free_port`;
 - one COCO-file writer: :func:`write_coco`, :func:`box_annotation`, :func:`write_image`;
 - random weights: :func:`randomize` (unit tests of modules: non-trivial values everywhere)
   and :func:`realistic_weights` (whole detectors that behave like trained ones: non-zero GC
@@ -14,6 +15,9 @@
 - the export tests' three families: :data:`FAMILIES`, :func:`tiny_detector`,
   :func:`sample_image`.
 
+Optional packages (onnx, onnxruntime, ...) are asked for with
+``tests.missing_packages.require``: a skip locally, a failure naming the package under CI.
+
 mmdetection's side of the parity tests stays in ``tests/parity/mmdet_reference.py``: it
 randomises an mmdetection model (its own module names, its own forward pieces for the
 calibration pass) *before* its weights are converted to ours, so it cannot run on our model.
@@ -22,10 +26,13 @@ calibration pass) *before* its weights are converted to ours, so it cannot run o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import random
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import uuid
@@ -195,6 +202,30 @@ def run_python(
         text=True,
         timeout=timeout,
     )
+
+
+# Each pytest-xdist worker (gw0, gw1, ...) draws ports from its own block below Linux's
+# ephemeral range (32768-60999, where bind(0) and outgoing connections take theirs), starting
+# at a random place in it (two test runs at once on one machine) and moving on at each call.
+PORT_BASE, PORT_BLOCK = 20000, 1000
+_port_start = random.Random(os.getpid()).randrange(PORT_BLOCK)
+_port_calls = itertools.count()
+
+
+def free_port() -> int:
+    """A TCP port nothing is bound to now, for a child process group's master: never one that
+    another xdist worker of this run can return, nor one this process returned before."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    block = int(worker[2:]) if worker[2:].isdigit() else 0
+    for _ in range(PORT_BLOCK):
+        port = PORT_BASE + block * PORT_BLOCK + (_port_start + next(_port_calls)) % PORT_BLOCK
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {PORT_BASE + block * PORT_BLOCK} + {PORT_BLOCK}")
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from gcnet_d2.export.compare import pair_detections
+from tests.missing_packages import require
 from tests.testing import (
     EXPORT_OPTS,
     FAMILIES,
@@ -35,8 +36,8 @@ from tests.testing import (
     tiny_cfg,
 )
 
-onnx = pytest.importorskip("onnx", reason="onnx is in the `export` extra")
-pytest.importorskip("onnxruntime", reason="onnxruntime is in the `export` extra")
+onnx = require("onnx", "the `export` extra, requirements-dev.txt")
+require("onnxruntime", "the `export` extra, requirements-dev.txt")
 
 RUNTIME = REPO / "deploy" / "onnx_predictor.py"
 # Up to 300 proposals and 200 detections on a 128 x 192 input (the original images are

@@ -30,12 +30,16 @@ import torch
 from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
-from onnx import TensorProto, helper, numpy_helper
 from pycocotools import mask as mask_util
 
 from gcnet_d2 import GCNetPredictor
 from gcnet_d2.data.transforms import MMDetResizeShortestEdge
+from tests.missing_packages import require
 from tests.testing import REPO, run_python
+
+onnx = require("onnx", "the `export` extra, requirements-dev.txt")
+require("onnxruntime", "the `export` extra, requirements-dev.txt")
+TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
 MODULE = REPO / "deploy" / "onnx_predictor.py"
 F32 = np.float32
@@ -472,3 +476,104 @@ def test_cli_errors_one_line_status_2_no_partial_files(tmp_path, capsys):
     assert not (tmp_path / "out2").exists()
     blocked = good / "sub"  # a folder under a file cannot be made
     assert str(blocked) in run(model, str(good), "--output", str(blocked))
+
+
+# --------------------------------------------------------------------------------------------
+# the picture: what a person reads
+# --------------------------------------------------------------------------------------------
+def detections(boxes: list[list[float]], scores: list[float], classes: list[int]) -> dict:
+    return {
+        "boxes": np.array(boxes, F32).reshape(-1, 4),
+        "scores": np.array(scores, F32),
+        "classes": np.array(classes, np.int64),
+    }
+
+
+def test_picture_draws_only_detections_at_or_above_the_threshold():
+    """Five boxes far apart on a flat image, scores on both sides of 0.5: the three at or
+    above it are drawn (box and label change their pixels), the two below leave theirs."""
+    boxes = [[20, 30, 60, 70], [120, 30, 160, 70], [220, 30, 260, 70]]
+    boxes += [[40, 150, 80, 190], [180, 150, 220, 190]]
+    result = detections(boxes, [0.9, 0.6, 0.5, 0.49, 0.1], [0, 1, 2, 0, 1])
+    names = ["cat", "dog", "bird", "cat", "dog"]
+    image = np.full((240, 320, 3), 40, np.uint8)
+    drawn = op.picture_layout(result, names, image.shape[:2])  # default threshold: 0.5
+    assert [d.index for d in drawn] == [0, 1, 2]
+    assert [d.text for d in drawn] == ["cat 0.90", "dog 0.60", "bird 0.50"]
+    picture = op.draw_detections(image, result, names)
+    changed = (picture != image).any(axis=2)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        around = changed[y0 - 2 : y1 + 3, x0 - 2 : x1 + 3]
+        assert around.any() == (i < 3), i
+    every = op.picture_layout(result, names, image.shape[:2], score_threshold=0.0)
+    assert len(every) == 5 and every[-1].text == "dog 0.10"
+
+
+def test_crowded_labels_do_not_overprint_each_other():
+    """14 boxes on 4 objects (the quick start's picture before), and 40 on one: every label
+    inside the picture, over no other label, drawn where the layout says."""
+    rng = np.random.default_rng(0)
+    objects = np.array([[30, 40, 120, 110], [100, 60, 200, 150], [180, 20, 300, 100]], F32)
+    objects = np.concatenate([objects, [[60, 150, 160, 230]]])
+    boxes = objects[rng.integers(0, 4, 14)] + rng.normal(0, 3, (14, 4)).astype(F32)
+    cases = [
+        (boxes, rng.uniform(0.5, 1, 14)),
+        (np.tile([[100, 100, 180, 160]], (40, 1)), np.linspace(1, 0.5, 40)),
+    ]
+    for boxes, scores in cases:
+        classes = rng.integers(0, 3, len(boxes))
+        result = detections(boxes.tolist(), scores.tolist(), classes.tolist())
+        names = [["cat", "dog", "bird"][c] for c in classes]
+        image = np.full((240, 320, 3), 40, np.uint8)
+        drawn = op.picture_layout(result, names, image.shape[:2])
+        assert len(drawn) == len(boxes)
+        labels = [d.label for d in drawn if d.label is not None]
+        assert len(labels) >= 14  # all of the first case's; a column of them in the second
+        for k, (x0, y0, x1, y1) in enumerate(labels):
+            assert 0 <= x0 < x1 <= 320 and 0 <= y0 < y1 <= 240
+            for a0, b0, a1, b1 in labels[:k]:
+                assert x1 <= a0 or a1 <= x0 or y1 <= b0 or b1 <= y0, "labels overlap"
+        picture = op.draw_detections(image, result, names)
+        for d in drawn:  # each label's background is its class colour where the layout says
+            if d.label is not None:
+                x0, y0 = d.label[:2]
+                color = op._color(int(result["classes"][d.index]))
+                assert tuple(int(v) for v in picture[y0, x0]) == color
+
+
+def test_cli_threshold_and_same_file_names_in_different_folders(tmp_path):
+    model = write_onnx(tmp_path / "m.onnx", fixed_outputs(5, seed=1))
+    scores = fixed_outputs(5, seed=1)["scores"][:4]  # the 5th box is outside every image
+    assert (scores < 0.5).any() and (scores >= 0.5).any()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
+    assert cv2.imwrite(str(first), noisy_image(90, 120, seed=2))
+    assert cv2.imwrite(str(second), noisy_image(60, 80, seed=3))
+    out = tmp_path / "out"
+    assert op.main([model, str(first), str(second), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x-1.jpg", "x-1.json", "x.jpg", "x.json"]
+    for stem, image, height in (("x", first, 90), ("x-1", second, 60)):
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert (record["image"], record["height"]) == (str(image), height)
+        assert len(record["detections"]) == 4  # the JSON keeps those below the threshold
+        assert cv2.imread(str(out / f"{stem}.jpg")).shape[0] == height
+    # nothing scores 1: the picture is the image itself, the JSON unchanged
+    assert op.main([model, str(first), "--output", str(out), "--score-threshold", "1"]) == 0
+    _, plain = cv2.imencode(".jpg", cv2.imread(str(first)))
+    assert (out / "x.jpg").read_bytes() == plain.tobytes()
+    assert len(json.loads((out / "x.json").read_text())["detections"]) == 4
+    assert op.output_stems(["a/x.png", "b/x.png", "x-1.png", "c/X.jpg", "y.png"]) == [
+        "x", "x-1", "x-1-1", "X-2", "y",
+    ]  # fmt: skip
+
+
+def test_cli_refuses_a_threshold_outside_0_1(tmp_path, capsys):
+    model = write_onnx(tmp_path / "m.onnx", fixed_outputs(2))
+    assert cv2.imwrite(str(tmp_path / "in.png"), noisy_image(40, 50))
+    argv = [model, str(tmp_path / "in.png"), "--output", str(tmp_path / "out")]
+    assert op.main([*argv, "--score-threshold", "1.5"]) == 2
+    assert capsys.readouterr().err == (
+        "onnx_predictor.py: error: --score-threshold must be in [0, 1], got 1.5\n"
+    )
+    assert not (tmp_path / "out").exists()

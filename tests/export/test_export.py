@@ -32,6 +32,7 @@ from gcnet_d2.export.onnxruntime_session import onnxruntime_session, run_onnxrun
 from gcnet_d2.export.routes import check_route
 from gcnet_d2.export.torch_export import backbone_program, export_detector_program, onnx_bytes
 from gcnet_d2.modeling import ContextBlock, DeformConv2dWithOffset
+from tests.missing_packages import require
 from tests.testing import FAMILIES, sample_image, tiny_detector
 
 TRACE_IMAGE = (128, 160, 0)  # height, width, seed
@@ -39,7 +40,7 @@ CHECK_IMAGES = [(160, 224, 1), (96, 128, 3), (192, 256, 2)]
 
 
 def _needs(module: str):
-    return pytest.importorskip(module, reason=f"{module} is in the `export` extra")
+    return require(module, "the `export` extra, requirements-dev.txt")
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))

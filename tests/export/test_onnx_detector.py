@@ -12,9 +12,10 @@ from detectron2.modeling import build_model
 
 from gcnet_d2.export import ExportRouteError
 from gcnet_d2.export import onnx_detector as od
+from tests.missing_packages import require
 from tests.testing import export_cfg, sample_image, tiny_detector
 
-pytest.importorskip("onnxruntime", reason="onnxruntime is in the `export` extra")
+require("onnxruntime", "the `export` extra, requirements-dev.txt")
 
 
 def test_dcn_needs_opset_19():

@@ -1,21 +1,16 @@
-"""``class_nms`` / ``stable_topk``: one definition, the same in eager PyTorch and ONNX Runtime.
-
-The reference is greedy NMS written out in Python (boxes by score, ties by index; IoU in
-float32 as the module doc says); ONNX Runtime runs the exported op on the same inputs.
-Inputs are made to be hard: many equal scores, near-duplicate boxes, IoUs at the threshold.
+"""``class_nms`` in eager PyTorch against greedy NMS written out in Python (boxes by score,
+ties by index; IoU in float32 as the module doc says). Inputs are made to be hard: many equal
+scores, near-duplicate boxes, IoUs at the threshold. The same op in ONNX Runtime:
+tests/layers/test_nms_onnx.py (these need no onnxruntime).
 """
 
 from __future__ import annotations
-
-import io
 
 import numpy as np
 import pytest
 import torch
 
 from gcnet_d2.layers.nms import class_nms, stable_topk
-
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the `export` extra")
 
 
 def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, thr: float):
@@ -52,40 +47,6 @@ def hard_inputs(n: int, num_classes: int, seed: int):
     return boxes, scores, classes
 
 
-class _NMSModule(torch.nn.Module):
-    def __init__(self, thr: float, num_classes: int) -> None:
-        super().__init__()
-        self.thr, self.num_classes = thr, num_classes
-
-    def forward(self, boxes, scores, classes):  # noqa: ANN001, ANN201
-        keep = class_nms(boxes, scores, classes, self.thr, self.num_classes)
-        return keep, stable_topk(scores, 50)[1]
-
-
-@pytest.fixture(scope="module")
-def onnx_nms():
-    """``class_nms`` (IoU 0.5, 4 classes) and ``stable_topk`` (k = 50) in ONNX Runtime."""
-    boxes, scores, classes = hard_inputs(64, 4, 0)
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        _NMSModule(0.5, 4),
-        (boxes, scores, classes),
-        buffer,
-        dynamo=False,
-        opset_version=16,
-        input_names=["boxes", "scores", "classes"],
-        output_names=["keep", "top"],
-        dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}},
-    )
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-
-    def run(boxes, scores, classes):  # noqa: ANN001, ANN202
-        feeds = {"boxes": boxes.numpy(), "scores": scores.numpy(), "classes": classes.numpy()}
-        return [torch.from_numpy(x) for x in session.run(None, feeds)]
-
-    return run
-
-
 @pytest.mark.parametrize("n,seed", [(64, 1), (300, 2), (5000, 3)])
 def test_eager_equals_greedy_reference_with_ties(n, seed):
     boxes, scores, classes = hard_inputs(n, 4, seed)
@@ -97,25 +58,31 @@ def test_eager_equals_greedy_reference_with_ties(n, seed):
     assert pairs == sorted(pairs) and len(keep) < n
 
 
-@pytest.mark.parametrize("n,seed", [(64, 4), (700, 5), (5000, 6), (0, 7)])
-def test_onnxruntime_equals_eager(onnx_nms, n, seed):
-    boxes, scores, classes = hard_inputs(max(n, 1), 4, seed)
-    boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
-    keep, top = onnx_nms(boxes, scores, classes)
-    assert torch.equal(keep, class_nms(boxes, scores, classes, 0.5, 4))
-    assert torch.equal(top, stable_topk(scores, 50)[1])
+# Two 30 x 10 boxes ``shift`` apart: IoU = (30 - s) / (30 + s), exactly 0.5 at s = 10 (kept:
+# NMS suppresses above the threshold), a hair above it at s = 9.999: (shift, boxes kept).
+THRESHOLD_PAIRS = [(10.0, 2), (9.999, 1), (12.0, 2)]
 
 
-def test_iou_at_the_threshold_is_kept_above_it_suppressed(onnx_nms):
-    """Two 30 x 10 boxes ``shift`` apart: IoU = (30 - s) / (30 + s), exactly 0.5 at s = 10
-    (kept: NMS suppresses above the threshold), a hair above it at s = 9.999."""
-    for shift, kept in [(10.0, 2), (9.999, 1), (12.0, 2)]:
-        boxes = torch.tensor([[0.0, 0.0, 30.0, 10.0], [shift, 0.0, shift + 30.0, 10.0]])
-        scores, classes = torch.tensor([0.9, 0.8]), torch.zeros(2, dtype=torch.int64)
+def threshold_pair(shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    boxes = torch.tensor([[0.0, 0.0, 30.0, 10.0], [shift, 0.0, shift + 30.0, 10.0]])
+    return boxes, torch.tensor([0.9, 0.8]), torch.zeros(2, dtype=torch.int64)
+
+
+def test_iou_at_the_threshold_is_kept_above_it_suppressed():
+    for shift, kept in THRESHOLD_PAIRS:
+        boxes, scores, classes = threshold_pair(shift)
         eager = class_nms(boxes, scores, classes, 0.5, 4)
-        assert torch.equal(onnx_nms(boxes, scores, classes)[0], eager)
         assert eager.tolist() == reference_nms(boxes, scores, classes, 0.5)
         assert len(eager) == kept, (shift, eager)
+
+
+def test_stable_topk_takes_the_largest_ties_by_lower_index():
+    scores = hard_inputs(300, 4, 9)[1].reshape(3, 100)  # six values: many ties in each row
+    values, indices = stable_topk(scores, 50)
+    for row, vals, idx in zip(scores, values, indices, strict=True):
+        expected = sorted(range(100), key=lambda i: (-float(row[i]), i))[:50]
+        assert idx.tolist() == expected and torch.equal(vals, row[idx])
+    assert stable_topk(scores[0], 500)[1].shape == (100,)  # k beyond the size: all of them
 
 
 def test_equal_scores_keep_the_lower_index_and_classes_do_not_suppress():
@@ -142,11 +109,11 @@ def borderline_pairs(n: int, num_classes: int, seed: int):
     return boxes, scores, classes
 
 
-def test_borderline_ious_are_decided_on_the_boxes_themselves(onnx_nms):
+def test_borderline_ious_are_decided_on_the_boxes_themselves():
     """torchvision's ``batched_nms`` (offset form: up to 4,000 coordinates) shifts each
     class's boxes by an offset, which rounds their coordinates, and so decides some of these
-    pairs differently from NMS on the boxes themselves; ``class_nms`` and ONNX Runtime decide
-    them as the reference does."""
+    pairs differently from NMS on the boxes themselves; ``class_nms`` decides them as the
+    reference does."""
     from torchvision.ops import batched_nms
 
     boxes, scores, classes = borderline_pairs(480, 80, 8)
@@ -156,6 +123,3 @@ def test_borderline_ious_are_decided_on_the_boxes_themselves(onnx_nms):
     assert 0 < len(expected) - 480 < 480  # some pairs above the threshold, some not
     shifted = batched_nms(boxes, scores, classes, 0.5)
     assert set(shifted.tolist()) != set(expected)  # the inputs do tell the two apart
-    classes4 = classes % 4  # the exported op's 4 classes
-    expected4 = reference_nms(boxes, scores, classes4, 0.5)
-    assert onnx_nms(boxes, scores, classes4)[0].tolist() == expected4

@@ -56,6 +56,7 @@ from tests.testing import (
     QUICKSTART,
     REPO,
     TINY_OPTS,
+    free_port,
     python_env,
     synthetic_root,
 )
@@ -76,12 +77,6 @@ LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER
 # --------------------------------------------------------------------------------------------
 # child processes: own session, bounded, killed with their group
 # --------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def child_env(synth: str | None = None, **extra: str) -> dict[str, str]:
     """The tests' child environment without a launcher's variables from outside."""
     env = python_env(synth)
@@ -549,7 +544,8 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> str:
 def reference(tmp_path_factory: pytest.TempPathFactory, synth: str) -> Path:
     """One uninterrupted ``--num-gpus 2`` run; its final weights are what every test expects."""
     out = tmp_path_factory.mktemp("reference")
-    argv = [PYTHON, *train_argv("train_net.py", out, "--num-gpus", "2", "--dist-url", "auto")]
+    url = f"tcp://127.0.0.1:{free_port()}"  # not "auto": a port no other xdist worker takes
+    argv = [PYTHON, *train_argv("train_net.py", out, "--num-gpus", "2", "--dist-url", url)]
     kids = Children(out)
     try:
         proc = kids.start("reference", argv, child_env(synth))

@@ -17,7 +17,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.testing import HOOKED, SYNCBN_GC, TINY_OPTS, python_env, run_python, synthetic_root
+from tests.testing import (
+    HOOKED,
+    SYNCBN_GC,
+    TINY_OPTS,
+    free_port,
+    python_env,
+    run_python,
+    synthetic_root,
+)
 
 CHANNELS = 4
 
@@ -87,7 +95,8 @@ def test_syncbn_statistics_are_those_of_the_union(tmp_path: Path):
 def test_train_net_two_cpu_processes_syncbn_gc_config(tmp_path_factory, tmp_path: Path):
     out = tmp_path / "out"
     argv = [
-        HOOKED, "--num-gpus", "2", "--dist-url", "auto", "--config-file", SYNCBN_GC,
+        HOOKED, "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{free_port()}",
+        "--config-file", SYNCBN_GC,
         "OUTPUT_DIR", str(out),
         "MODEL.DEVICE", "cpu",
         "MODEL.WEIGHTS", "",

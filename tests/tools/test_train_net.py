@@ -4,6 +4,7 @@ COCOEvaluator, then evaluate the saved weights with --eval-only and get the same
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import numpy as np
@@ -42,16 +43,42 @@ def trained(tmp_path_factory):
     return tmp, out, proc
 
 
+# COCO's object-size ranges (area in pixels) and the AP that each one gives.
+AREA_RANGES = {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, float("inf"))}
+LOSSES = {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc", "total_loss"}
+
+
+def undefined_aps(tmp) -> set[str]:  # noqa: ANN001 - a pathlib.Path
+    """The size-range APs with no ground truth object in the validation set: COCOeval gives
+    -1 for them, which detectron2 reports as NaN; every other AP must be a number."""
+    coco = json.loads((tmp / "synth" / "annotations" / "instances_val.json").read_text())
+    areas = [a["area"] for a in coco["annotations"] if not a.get("iscrowd")]
+    return {k for k, (lo, hi) in AREA_RANGES.items() if not any(lo <= a < hi for a in areas)}
+
+
 @pytest.mark.slow
 def test_train_then_coco_eval(trained):
-    _, out, proc = trained
+    tmp, out, proc = trained
     results = json.loads((out / "final_results.json").read_text())
+    undefined = undefined_aps(tmp)
+    assert undefined != set(AREA_RANGES)  # some ranges do have objects
     for task in ("bbox", "segm"):
-        assert {"AP", "AP50", "AP75"} <= set(results[task])
+        assert {"AP", "AP50", "AP75", *AREA_RANGES} <= set(results[task])
+        for key, value in results[task].items():
+            if key in undefined:
+                assert math.isnan(value), (task, key, value)
+            else:  # a NaN AP (a diverged model, a broken evaluation) fails here
+                assert math.isfinite(value) and 0 <= value <= 100, (task, key, value)
     assert (out / "model_final.pth").is_file()
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    assert any("total_loss" in m for m in metrics)
+    logged = [(m["iteration"], k, v) for m in metrics for k, v in m.items() if "loss" in k]
+    assert {k for _, k, _ in logged} == LOSSES  # every loss of Mask R-CNN, logged
+    assert all(math.isfinite(v) for _, _, v in logged), logged
+    logged_aps = [(k, v) for m in metrics for k, v in m.items() if "/AP" in k]
+    assert len(logged_aps) == len(results["bbox"]) + len(results["segm"])
+    for key, value in logged_aps:  # the evaluation's APs as metrics.json has them
+        assert math.isfinite(value) or key.split("/")[1] in undefined, (key, value)
     assert (out / "inference" / "coco_instances_results.json").is_file()
     log = (out / "log.txt").read_text()
     # COCOEvaluator says which COCOeval runs (its own fallback without detectron2._C).
