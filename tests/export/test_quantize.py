@@ -232,8 +232,8 @@ def test_the_torch_free_runtime_runs_it_close_to_the_fp32_file(exported):
     activation's calibrated range) perturb every layer by ~0.1-1 %; this narrow random network
     has no trained margins, so where two overlapping candidates nearly tie, the perturbation
     can flip which one survives NMS. Measured: 6 of 9 detections at IoU >= 0.98, one 0.84, two
-    0.60 and 0.59 (neighbouring candidates), largest score difference 0.21. Calibrating on
-    blank images instead leaves most pairs below 0.95.
+    0.60 and 0.59 (neighbouring candidates), largest score difference 0.21. Calibrated on
+    blank images instead, every pair is below IoU 0.6.
     """
     out = exported.folder / "out"
     results = exported.folder / "runtime.npz"
