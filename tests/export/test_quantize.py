@@ -320,6 +320,11 @@ def inputs(tmp_path_factory) -> Path:
     write_bgr(folder / "ok" / "a.png", sample_image(64, 64, seed=0))
     (folder / "bad.json").write_text("{not json")
     (folder / "not_coco.json").write_text(json.dumps({"images": []}))
+    listed = {"images": [{"id": 1, "file_name": "gone.png", "height": 9, "width": 9}],
+              "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4],
+                               "area": 16, "iscrowd": 0}],
+              "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    (folder / "listed.json").write_text(json.dumps(listed))
     return folder
 
 
@@ -342,6 +347,9 @@ BAD = {
                               "--evaluate-on", "{d}/bad.json", "{d}/ok"], "bad.json: not JSON"),
     "annotations not COCO": (["--quantize", "int8", "--calibration-images", "{d}/ok",
                               "--evaluate-on", "{d}/not_coco.json", "{d}/ok"], "not COCO"),
+    "annotated image missing": (["--quantize", "int8", "--calibration-images", "{d}/ok",
+                                 "--evaluate-on", "{d}/listed.json", "{d}/ok"],
+                                "1 of its images are not in"),
     "evaluate without quantize": (["--evaluate-on", "{d}/bad.json", "{d}/ok"],
                                   "--evaluate-on is for --quantize int8"),
 }  # fmt: skip
