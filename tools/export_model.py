@@ -37,7 +37,7 @@ from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.config_loading import load_config
 from gcnet_d2.data.transforms import MMDetResizeShortestEdge, build_gcnet_augmentations
 from gcnet_d2.errors import KNOWN_ERRORS, ConfigError, one_line
-from gcnet_d2.export import onnx_detector, routes
+from gcnet_d2.export import onnx_detector, quantize, routes
 from gcnet_d2.export.errors import ExportRouteError
 
 EXIT_MISMATCH, EXIT_KNOWN_ERROR = 1, 2
@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs=argparse.REMAINDER,
         help="config overrides: KEY VALUE pairs (YAML) or key=value (LazyConfig .py)",
     )
+    quantize.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def export(args: argparse.Namespace) -> int:
     routes.check_route(args.export_method, args.format, args.part, args.opset)  # before slow work
+    int8 = quantize.plan_from_args(args)  # None without --quantize
     is_lazy = args.config_file.endswith(".py")
     setup = (setup_lazy if is_lazy else setup_yaml)(args.config_file, args.opts)
     images = [load_image(p, setup) for p in args.sample_image]
@@ -209,6 +211,12 @@ def export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_MISMATCH
+    if int8 is not None:
+        quantized = quantize.run_plan(int8, result.path)
+        print("\n".join(quantized.lines) + (f"\nwrote {quantized.path}" if quantized.path else ""))
+        if not quantized.ok:
+            print("export_model.py: int8 AP drop beyond --max-ap-drop", file=sys.stderr)
+            return EXIT_MISMATCH
     return 0
 
 
