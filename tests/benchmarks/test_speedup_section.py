@@ -3,6 +3,7 @@ sides), and each model fast against its own plain code, at the same weights."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
@@ -28,6 +29,7 @@ def types(model: torch.nn.Module) -> set[type]:
     return {type(m) for m in model.modules()}
 
 
+@pytest.mark.slow
 def test_variants_pair_like_with_like_at_the_same_weights():
     nets = speedup_variants(build_backbones("r50", torch.device("cpu"), (64, 96)))
     assert set(nets) == {
