@@ -29,6 +29,7 @@ import difflib
 import logging
 import sys
 from collections import OrderedDict
+from dataclasses import asdict
 
 import detectron2.utils.comm as comm
 import torch
@@ -50,7 +51,7 @@ from gcnet_d2 import fast
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.data import ensure_synthetic_generated
 from gcnet_d2.engine import create_ddp_model, write_results
-from gcnet_d2.errors import LaunchError
+from gcnet_d2.errors import ConfigError, LaunchError
 from gcnet_d2.launch import add_cluster_arguments, launch_from_args
 from gcnet_d2.peers import ProgressHook
 from gcnet_d2.resume import CheckpointSync
@@ -85,9 +86,18 @@ def check_overrides(cfg: DictConfig, overrides: list[str]) -> None:
         )
 
 
+def load_lazy_config(path: str) -> DictConfig:
+    """The LazyConfig at ``path``; without a ``fast`` entry, the speed-up switches' defaults
+    as one (so ``fast.<name>=...`` overrides them)."""
+    cfg = LazyConfig.load(path)
+    if "fast" not in cfg:
+        cfg.fast = asdict(fast.FastOptions())
+    return cfg
+
+
 def setup(args: argparse.Namespace) -> DictConfig:
     """The LazyConfig with the command-line overrides; the CPU when CUDA is absent."""
-    cfg = LazyConfig.load(args.config_file)
+    cfg = load_lazy_config(args.config_file)
     check_overrides(cfg, args.opts)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if not torch.cuda.is_available() and str(cfg.train.device).startswith("cuda"):
@@ -106,7 +116,8 @@ def _ensure_datasets(cfg: DictConfig) -> None:
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
-    """``model`` on ``train.device``, with gcnet_d2's speed-ups (:func:`gcnet_d2.fast.apply`).
+    """``model`` on ``train.device``, with the speed-ups of ``cfg.fast``
+    (:func:`gcnet_d2.fast.apply`).
 
     The model's initialisation is the config's own (``head_init=`` of its FPN and RoI heads),
     as detectron2's ``tools/lazyconfig_train_net.py`` builds it too.
@@ -116,7 +127,7 @@ def build_model(cfg: DictConfig) -> nn.Module:
             "train.head_init is no longer read: the initialisation is part of the model "
             "(model.backbone.head_init and model.roi_heads.head_init)"
         )
-    return fast.apply(instantiate(cfg.model)).to(cfg.train.device)
+    return fast.apply(instantiate(cfg.model), cfg).to(cfg.train.device)
 
 
 def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict:
@@ -194,9 +205,14 @@ def main(args: argparse.Namespace) -> OrderedDict:
 def cli(argv: list[str] | None = None) -> None:
     args = add_cluster_arguments(default_argument_parser()).parse_args(argv)
     try:  # before any process starts: one line and exit 2 for a bad override
-        check_overrides(LazyConfig.load(args.config_file), args.opts)
+        cfg = load_lazy_config(args.config_file)
+        check_overrides(cfg, args.opts)
+        fast.FastOptions.from_config(LazyConfig.apply_overrides(cfg, args.opts))
     except KeyError as e:
         print(f"lazy_train_net.py: error: {e.args[0]}", file=sys.stderr)
+        sys.exit(EXIT_BAD_OVERRIDE)
+    except ConfigError as e:
+        print(f"lazy_train_net.py: error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_OVERRIDE)
     try:
         launch_from_args(main, args, "lazy_train_net.py")

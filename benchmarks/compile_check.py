@@ -17,7 +17,7 @@ random non-zero, peaked class scores: 100 detections), inference at 800x1333, ba
 interleaved rounds; median GC / plain ratio with a 95% confidence interval.
 
 Every network (backbones and detectors, plain and GC) gets its config's speed-ups after its
-weights, ``gcnet_d2.fast.apply(net, cfg)``, as ``MODEL.GCNET.COMPILE`` compiles it: the
+weights, ``gcnet_d2.fast.apply(net, cfg)``, as ``FAST.COMPILE`` compiles it: the
 folded norms are computed inside the compiled graph, the GC fold is eager-only (a compiled
 GC bottleneck runs the plain code).
 """

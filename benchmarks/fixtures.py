@@ -3,9 +3,10 @@ peaked class scores) and their inputs; the variant names every section uses.
 
 ``build_model(cfg)`` and the backbone builders return the plain model; the models here are
 what ``train_net.py`` and ``GCNetPredictor`` run: built plain, given their weights, then
-sped up by ``gcnet_d2.fast.apply(model, cfg)`` (``MODEL.GCNET.*``, all on by default), so the
+sped up by ``gcnet_d2.fast.apply(model, cfg)`` (``FAST.*``, all on by default), so the
 figures time gcnet_d2 as it is used. The plain variant gets the same speed-ups (norm folding,
-1x1 convs as products, ...); only the GC variants have GC bottlenecks to fold.
+1x1 convs as products, ...); only the GC variants (and the control) have GC bottlenecks
+to fold (benchmarks/speedup_section.py times plain with the same folds).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def share_plain_weights(nets: dict, cfgs: dict, with_control: bool) -> None:
 
 def build_backbones(depth: str, device: torch.device, size: tuple[int, int]) -> dict:
     """Plain, GC r16, GC r4 bottom-up ResNets and the control, eval mode, sped up as
-    ``MODEL.GCNET`` says (:func:`share_plain_weights`)."""
+    ``FAST`` says (:func:`share_plain_weights`)."""
     torch.manual_seed(0)
     image = torch.randn(1, 3, *size, device=device)
     out, cfgs = {}, {}
@@ -109,7 +110,7 @@ def build_models(
     device: torch.device, size: tuple[int, int], variants: tuple = (PLAIN, R16, R4, CONTROL)
 ) -> dict:
     """R-50 Mask R-CNNs of ``variants`` (the plain one is always built: the others take its
-    calibrated weights), eval mode, sped up as ``MODEL.GCNET`` says
+    calibrated weights), eval mode, sped up as ``FAST`` says
     (:func:`share_plain_weights`)."""
     torch.manual_seed(0)
     models, cfgs = {}, {}

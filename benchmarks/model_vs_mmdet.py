@@ -88,7 +88,7 @@ def peaked_mmdet_scores(model: nn.Module) -> None:
 
 def build_ours(d2_config: str) -> nn.Module:
     """gcnet_d2's detector of ``d2_config`` on the CPU, eval mode, with the config's speed-ups
-    (``gcnet_d2.fast.apply(model, cfg)``: ``MODEL.GCNET.*``, all on in the table configs)."""
+    (``gcnet_d2.fast.apply(model, cfg)``: ``FAST.*``, all on in the table configs)."""
     from detectron2.modeling import build_model
 
     import gcnet_d2

@@ -7,14 +7,35 @@ import platform
 import re
 import statistics
 import subprocess
+from collections.abc import Sequence
 
 import torch
 
 from .fixtures import CONTROL, R4, R16
 from .timing import median_ci
 
+#: Paired ratios between two non-base variants (same rounds) every row reports when it has
+#: both: what the GC blocks alone cost.
+GC_ALONE = "GC alone, same rounds"
+DEFAULT_PAIRS = (
+    (R16, CONTROL, GC_ALONE),
+    (R4, CONTROL, GC_ALONE),
+    ("ours", "ours minus GC", GC_ALONE),
+    ("ours", "d2 (no GC)", GC_ALONE),
+)
 
-def make_row(section: str, shape: str, batch: int, res: dict, base: str, **extra: object) -> dict:
+
+def make_row(
+    section: str,
+    shape: str,
+    batch: int,
+    res: dict,
+    base: str,
+    pairs: Sequence[tuple[str, str, str]] = DEFAULT_PAIRS,
+    **extra: object,
+) -> dict:
+    """One result row: each variant's times and ratios to ``base``, and the paired ratio
+    ``a / b`` of each ``(a, b, note)`` in ``pairs`` whose two variants were both timed."""
     row = {
         "section": section,
         "shape": shape,
@@ -27,16 +48,15 @@ def make_row(section: str, shape: str, batch: int, res: dict, base: str, **extra
     for k, v in row["variants"].items():
         if k != base:
             v["best_ratio"] = v["min_s"] / row["variants"][base]["min_s"]
-    # Paired ratios between two non-base variants (same rounds): what GC alone costs.
-    pairs = [(R16, CONTROL), (R4, CONTROL), ("ours", "ours minus GC"), ("ours", "d2 (no GC)")]
     row["pairs"] = {}
-    for a, b in pairs:
+    for a, b, note in pairs:
         if a in res and b in res:
             ratios = [x / y for x, y in zip(res[a].times, res[b].times, strict=True)]
             lo, hi = median_ci(ratios)
             row["pairs"][f"{a} / {b}"] = {
                 "ratio": statistics.median(ratios),
                 "ratio_ci95": [lo, hi],
+                "note": note,
             }
     return row
 
@@ -141,7 +161,7 @@ def markdown(report: dict) -> str:
         for k, v in row.get("pairs", {}).items():
             lines.append(
                 f"| {row['section']} | {row['shape']} | {row['batch']} | *paired {k}* | | "
-                f"{_fmt_ratio(v)} | | | GC alone, same rounds |"
+                f"{_fmt_ratio(v)} | | | {v.get('note', GC_ALONE)} |"
             )
     for row in report["rows"]:
         if "base" in row:

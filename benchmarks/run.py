@@ -25,6 +25,12 @@ Sections (``--sections``, all by default):
              what the GC blocks themselves cost. ``--backbones r50,r101,x101`` adds depths.
   model      whole Mask R-CNN inference at 800x1333, seconds per image (score threshold 0, so
              every image yields 100 detections and the mask head always runs).
+  speedups   like with like: each GC backbone (``--backbones``) and Mask R-CNN R-50 with the
+             speed-ups against the plain (no-GC) model with the same speed-ups, both also
+             with plain code, and each model fast vs its plain code, interleaved in one run
+             (benchmarks/speedup_section.py). The ``backbone`` and ``model`` sections' plain
+             model is detectron2's bottleneck with ``fast.apply``, which does not get the GC
+             bottleneck's ``conv3`` fold: their GC / plain ratios are not like with like.
   train      one training iteration (2 images, forward + backward + SGD step) and its peak
              memory, plain vs GC.
   recipe     one training iteration (2 images of different sizes) and its peak memory of GC
@@ -46,7 +52,7 @@ Sections (``--sections``, all by default):
 
 Models (``backbone``, ``model``, ``train``, ``recipe``, ``flops``, ``options``) are built
 plain and then sped up with ``gcnet_d2.fast.apply(model, cfg)``, as ``train_net.py`` and
-``GCNetPredictor`` run them (the plain variant too); ``MODEL.GCNET.*`` of the table configs
+``GCNetPredictor`` run them (the plain variant too); ``FAST.*`` of the table configs
 (all speed-ups on, no compile).
 
 The parts live next to this file in ``benchmarks/`` (timing, memory, fixtures, sections,
@@ -95,6 +101,7 @@ from benchmarks.sections import (  # noqa: E402
     section_model,
     section_train,
 )
+from benchmarks.speedup_section import section_speedups  # noqa: E402
 from benchmarks.targets import targets  # noqa: E402
 from benchmarks.timing import Timer  # noqa: E402
 from gcnet_d2.io import atomic_write_text  # noqa: E402
@@ -104,6 +111,7 @@ SECTIONS = {
     "bottleneck": section_bottleneck,
     "backbone": section_backbone,
     "model": section_model,
+    "speedups": section_speedups,
     "train": section_train,
     "recipe": section_recipe,
     "flops": section_flops,

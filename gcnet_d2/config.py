@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
+#: The speed-up switches that were ``MODEL.GCNET`` keys before they got a node of their own:
+#: a config setting one stops with one line naming its new key.
+MOVED_KEYS = {
+    "MODEL.GCNET.FOLD_NORMS": "FAST.FOLD_FROZEN_NORMS",
+    "MODEL.GCNET.CONV1X1_GEMM": "FAST.CONV1X1_GEMM",
+    "MODEL.GCNET.PARALLEL_ROI_ALIGN": "FAST.PARALLEL_ROI_ALIGN",
+    "MODEL.GCNET.LEAN_FPN": "FAST.LEAN_FPN",
+    "MODEL.GCNET.COMPILE": "FAST.COMPILE",
+}
+
+
+def moved_key_message(old: str) -> str:
+    """The one line a config that sets the moved key ``old`` stops with (yacs' wording)."""
+    return f"Key {old} was renamed to {MOVED_KEYS[old]}; please update your config."
+
 
 def add_gcnet_config(cfg: CN) -> CN:
-    """Add gcnet_d2's keys (``MODEL.GCNET``) to ``cfg`` in place and return it.
+    """Add gcnet_d2's keys (``MODEL.GCNET``, ``FAST`` and the others below) to ``cfg`` in place
+    and return it.
 
     Deformable convs use detectron2's own ``MODEL.RESNETS.DEFORM_ON_PER_STAGE`` and
     ``DEFORM_NUM_GROUPS``. ``MODEL.RESNETS.NORM`` also accepts ``"FrozenStatsBN"``. Values are
@@ -24,27 +40,38 @@ def add_gcnet_config(cfg: CN) -> CN:
     cfg.MODEL.GCNET.POOLING = "att"
     # How the context joins the features: any of "channel_add", "channel_mul".
     cfg.MODEL.GCNET.FUSION = ["channel_add"]
-    # Exact speed-ups, read by gcnet_d2.fast.apply(model, cfg) (train_net.py, the predictor
-    # and the export tool call it; a model from build_model alone is the plain model). Each
-    # governs what its name says. FOLD_NORMS: frozen norms folded into their convs, and the
-    # GC bottleneck's conv3 + norm + GC block as one product (exact up to float rounding;
-    # tracing and export see the plain conv + norm).
-    cfg.MODEL.GCNET.FOLD_NORMS = True
+
+    # Exact speed-ups of any detectron2 model (not only GC ones), read by
+    # gcnet_d2.fast.apply(model, cfg): train_net.py, the predictor and the export tool call it;
+    # a model from build_model alone is the plain model. Each governs what its name says.
+    # (A LazyConfig sets the same switches in a top-level `fast` dict, lower-case names.)
+    cfg.FAST = CN()
+    # FOLD_FROZEN_NORMS: (1) a norm that is a fixed per-channel affine (FrozenBN, FrozenStatsBN,
+    # or BN / SyncBN in eval mode) folded into the weight and bias of the conv it follows, in
+    # eval mode (one conv instead of conv + norm); (2) in each GC bottleneck, conv3 + its
+    # fixed-affine norm + the GC block as one matrix product (eager CPU inference, and eager
+    # training where conv3's norm is frozen; traced, exported and compiled models run the
+    # plain bottleneck). BN in training mode is never folded. Exact up to float rounding
+    # (gcnet_d2.fast.norm_fold, gcnet_d2.fast.gc_fold).
+    cfg.FAST.FOLD_FROZEN_NORMS = True
     # CONV1X1_GEMM: 1x1 convs on large CPU maps (backbone, FPN laterals, the mask predictor)
     # as one matrix product at inference (oneDNN's layout reorders cost more there; ~1e-6
     # relative; gcnet_d2.fast.conv1x1_gemm).
-    cfg.MODEL.GCNET.CONV1X1_GEMM = True
+    cfg.FAST.CONV1X1_GEMM = True
     # PARALLEL_ROI_ALIGN: every ROIPooler spreads the boxes of each RoIAlign call over the CPU
     # threads in eager mode (torchvision's CPU kernels use one): inference output bit for
     # bit; in training also the backward pass, whose gradient is the serial one up to float
     # rounding (gcnet_d2.fast.roi_align).
-    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = True
+    cfg.FAST.PARALLEL_ROI_ALIGN = True
     # LEAN_FPN: FPN inference frees each bottom-up map after its lateral conv and adds the
     # top-down term in place (bit-identical, lower peak memory; gcnet_d2.fast.lean_fpn).
-    cfg.MODEL.GCNET.LEAN_FPN = True
+    cfg.FAST.LEAN_FPN = True
     # COMPILE: "" (eager) or a torch.compile backend name ("inductor", "aot_eager", ...) for
     # the backbone; check its output on your device first (benchmarks/compile_check.py).
-    cfg.MODEL.GCNET.COMPILE = ""
+    cfg.FAST.COMPILE = ""
+    renamed = cfg.__dict__[CN.RENAMED_KEYS]  # merge_from_file / merge_from_list refuse these
+    for old, new in MOVED_KEYS.items():
+        renamed[old] = new
 
     # mmdetection parity outside the backbone (used by the table configs):
     # per-stage loss weights of MMDetCascadeROIHeads (mmdet stage_loss_weights).

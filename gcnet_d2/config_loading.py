@@ -19,6 +19,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from .config import add_gcnet_config
 from .errors import ConfigError
+from .fast import FastOptions
 from .layers import resolve_norm
 from .modeling.backbone import validate_gcnet_config
 
@@ -74,7 +75,9 @@ def _check_file(path: str) -> None:
 
 
 def validate_config(cfg: CfgNode) -> None:
-    """Raise :class:`ConfigError` for gcnet_d2 backbone values the model builder would reject."""
+    """Raise :class:`ConfigError` for gcnet_d2 backbone values the model builder would reject,
+    and for ``FAST`` switches :func:`gcnet_d2.fast.apply` would reject."""
+    FastOptions.from_config(cfg)
     try:
         if str(cfg.MODEL.BACKBONE.NAME).startswith("build_gcnet_"):
             validate_gcnet_config(cfg)

@@ -120,7 +120,7 @@ def setup_lazy(config_file: str, opts: list[str]) -> Setup:
     except (KeyError, ValueError, AttributeError, SyntaxError) as e:
         raise ConfigError(f"config {config_file} with overrides {opts}: {e}") from e
     device = _device(str(cfg.train.get("device", "cpu")))
-    model = fast.apply(instantiate(cfg.model)).to(device)
+    model = fast.apply(instantiate(cfg.model), cfg).to(device)
     _load_weights(model, cfg.train.get("init_checkpoint", ""))
     mapper = cfg.dataloader.test.mapper
     (resize,) = instantiate(mapper.augmentations)

@@ -3,16 +3,18 @@
 A model built by ``build_model(cfg)`` or ``instantiate(cfg.model)`` is the plain model: the
 paper's formulation, correct on its own. :func:`apply` switches the classes of some of its
 modules to subclasses that compute the same function faster in eager mode (no parameter of
-their own: state dicts, checkpoints and ``load_state_dict`` are unchanged); each takes its
-plain code while the model is traced, scripted, compiled or exported where its fast form
-would not survive that (:mod:`.tracing`). ``train_net.py``, ``lazy_train_net.py``,
-``GCNetPredictor`` and ``tools/export_model.py`` call it. Each switch governs what its name
-says, on any detectron2 model (any RoI heads, YAML or LazyConfig):
+their own: state dicts, checkpoints and ``load_state_dict`` are unchanged; :mod:`.swap`);
+each takes its plain code while the model is traced, scripted, compiled or exported where its
+fast form would not survive that (:mod:`gcnet_d2.utils.tracing`). ``train_net.py``,
+``lazy_train_net.py``, ``GCNetPredictor`` and ``tools/export_model.py`` call it. Each switch
+governs what its name says, on any detectron2 model (any RoI heads, YAML or LazyConfig); a
+YAML config sets them in its ``FAST`` node, a LazyConfig in a top-level ``fast`` dict (the
+same names in lower case; :class:`FastOptions`):
 
 ============================  ===========================================================
-``MODEL.GCNET`` key           what it switches (module; measured reason in its docstring)
+``FAST`` key                  what it switches (module; measured reason in its docstring)
 ============================  ===========================================================
-``FOLD_NORMS``                frozen norms folded into the convs before them
+``FOLD_FROZEN_NORMS``         fixed-affine norms folded into the convs before them
                               (:mod:`.norm_fold`), and the GC bottleneck's ``conv3`` +
                               norm + GC block as one product (:mod:`.gc_fold`)
 ``CONV1X1_GEMM``              1x1 convs on large CPU maps as matrix products at inference
@@ -26,75 +28,32 @@ says, on any detectron2 model (any RoI heads, YAML or LazyConfig):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 from torch import nn
 
 from .conv1x1_gemm import conv1x1_as_gemm
 from .gc_fold import disable_gc_fold, enable_gc_fold
 from .lean_fpn import LeanFPN, disable_lean_fpn, enable_lean_fpn
 from .norm_fold import NormFoldingConv2d, disable_conv_speedups, enable_conv_speedups
+from .options import FastOptions
 from .roi_align import ParallelROIAlign, disable_parallel_roi_align, enable_parallel_roi_align
-from .tracing import eager
-
-
-@dataclass(frozen=True)
-class FastOptions:
-    """Which speed-ups :func:`apply` switches on; the fields mirror ``MODEL.GCNET``'s keys."""
-
-    fold_norms: bool = True
-    conv1x1_gemm: bool = True
-    parallel_roi_align: bool = True
-    lean_fpn: bool = True
-    compile: str = ""  # a torch.compile backend for model.backbone, or "" (eager)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "compile":
-                if not isinstance(value, str):
-                    raise ValueError(
-                        "MODEL.GCNET.COMPILE must be a torch.compile backend name or '' (off), "
-                        f"got {value!r}"
-                    )
-                if value:
-                    _check_backend(value)
-            elif not isinstance(value, bool):
-                raise ValueError(
-                    f"MODEL.GCNET.{f.name.upper()} must be true or false, got {value!r}"
-                )
-
-    @classmethod
-    def from_config(cls, cfg) -> FastOptions:  # noqa: ANN001 - a detectron2 CfgNode
-        """The options of ``cfg.MODEL.GCNET`` (errors name the key)."""
-        gc = cfg.MODEL.GCNET
-        return cls(**{f.name: gc[f.name.upper()] for f in fields(cls)})
-
-
-def _check_backend(name: str) -> None:
-    import torch._dynamo
-
-    if name not in torch._dynamo.list_backends(exclude_tags=()):
-        raise ValueError(
-            f"MODEL.GCNET.COMPILE: unknown torch.compile backend {name!r}; "
-            f"available: {torch._dynamo.list_backends()}"
-        )
+from .swap import restore_classes, swap_classes
 
 
 def apply(model: nn.Module, options: FastOptions | object | None = None) -> nn.Module:
     """Switch ``model``'s speed-ups to ``options``, in place; returns ``model``.
 
-    ``options``: a :class:`FastOptions`, a detectron2 config (its ``MODEL.GCNET`` keys), or
-    None for the defaults (all on, no compile). A switch that is off restores the plain
-    modules, so ``apply`` can be called again with other options; ``remove`` undoes it all.
-    Call it after loading weights or before: the modules keep their parameters.
+    ``options``: a :class:`FastOptions`, a detectron2 config (its ``FAST`` node), a LazyConfig
+    (its ``fast`` entry), a mapping of option names, or None for the defaults (all on, no
+    compile). A switch that is off restores the plain modules, so ``apply`` can be called
+    again with other options; :func:`remove` undoes it all. Call it after loading weights or
+    before: the modules keep their parameters.
     """
     if options is None:
         options = FastOptions()
     elif not isinstance(options, FastOptions):
         options = FastOptions.from_config(options)
-    enable_conv_speedups(model, options.fold_norms, options.conv1x1_gemm)
-    (enable_gc_fold if options.fold_norms else disable_gc_fold)(model)
+    enable_conv_speedups(model, options.fold_frozen_norms, options.conv1x1_gemm)
+    (enable_gc_fold if options.fold_frozen_norms else disable_gc_fold)(model)
     (enable_parallel_roi_align if options.parallel_roi_align else disable_parallel_roi_align)(model)
     (enable_lean_fpn if options.lean_fpn else disable_lean_fpn)(model)
     if options.compile:
@@ -119,6 +78,7 @@ __all__ = [
     "ParallelROIAlign",
     "apply",
     "conv1x1_as_gemm",
-    "eager",
     "remove",
+    "restore_classes",
+    "swap_classes",
 ]

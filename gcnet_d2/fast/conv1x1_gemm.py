@@ -11,7 +11,7 @@ taken only from :data:`MIN_POSITIONS` positions per call. Figures: docs/benchmar
 Same function up to float32 summation order (~1e-6 relative, as the norm fold). Taken only in
 eager CPU inference and in ``torch.jit.trace`` (the product traces with symbolic sizes; the
 size test is read at trace time); training, ``torch.compile`` and ``torch.export`` (ONNX)
-use ``F.conv2d``. ``MODEL.GCNET.CONV1X1_GEMM`` switches it: the modules it marks are the
+use ``F.conv2d``. ``FAST.CONV1X1_GEMM`` switches it: the modules it marks are the
 :class:`~.norm_fold.NormFoldingConv2d` ones with ``gemm_1x1`` set.
 """
 

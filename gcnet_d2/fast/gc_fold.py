@@ -11,7 +11,7 @@ Why (2 CPU cores, 800x1344, docs/benchmark.md): the GC R-50 backbone ~5% faster 
 unfolded network (0.951x), training peak memory 0.84x. ``tests/fast/test_gc_fold.py`` pins it
 to the plain :class:`~gcnet_d2.modeling.GCBottleneckBlock`, values and gradients.
 
-Applied by :func:`enable_gc_fold` (``MODEL.GCNET.FOLD_NORMS``, through
+Applied by :func:`enable_gc_fold` (``FAST.FOLD_FROZEN_NORMS``, through
 :func:`gcnet_d2.fast.apply`), which switches the class of each GC bottleneck in place (no
 parameter of its own: state dicts unchanged). Only eager calls fold: while a model is
 traced, exported or compiled the bottleneck runs its plain code (batched, no per-sample
@@ -27,7 +27,8 @@ from torch import nn
 
 from ..layers import ContextBlock, frozen_affine, has_frozen_affine
 from ..modeling.bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
-from .tracing import eager
+from ..utils.tracing import eager
+from .swap import restore_classes, swap_classes
 
 
 def pool_projected(
@@ -214,29 +215,20 @@ class FoldedDeformGCBottleneckBlock(_FoldedMiddle, DeformGCBottleneckBlock):
     """:class:`DeformGCBottleneckBlock` folding its middle (see the module doc)."""
 
 
-_FOLDED = {
-    GCBottleneckBlock: FoldedGCBottleneckBlock,
-    DeformGCBottleneckBlock: FoldedDeformGCBottleneckBlock,
-}
-_PLAIN = {folded: plain for plain, folded in _FOLDED.items()}
-
-
 def enable_gc_fold(model: nn.Module) -> nn.Module:
     """Switch every GC bottleneck of ``model`` to its folding class, in place; returns it."""
-    for module in model.modules():
-        folded = _FOLDED.get(type(module))
-        if folded is not None:
-            module.__class__ = folded
-    return model
+    return swap_classes(
+        model,
+        {
+            GCBottleneckBlock: FoldedGCBottleneckBlock,
+            DeformGCBottleneckBlock: FoldedDeformGCBottleneckBlock,
+        },
+    )
 
 
 def disable_gc_fold(model: nn.Module) -> nn.Module:
     """Undo :func:`enable_gc_fold` (the plain bottleneck classes); returns ``model``."""
-    for module in model.modules():
-        plain = _PLAIN.get(type(module))
-        if plain is not None:
-            module.__class__ = plain
-    return model
+    return restore_classes(model, (FoldedGCBottleneckBlock, FoldedDeformGCBottleneckBlock))
 
 
 __all__ = [

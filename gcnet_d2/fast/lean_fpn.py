@@ -10,7 +10,7 @@ into the lateral result in place. Same operations on the same values: the output
 plain forward's bit for bit (``tests/fast/test_lean_fpn.py``).
 
 Training, tracing, scripting, compiling and exporting run detectron2's own ``FPN.forward``.
-:func:`enable_lean_fpn` (``MODEL.GCNET.LEAN_FPN``) switches the class of every FPN whose
+:func:`enable_lean_fpn` (``FAST.LEAN_FPN``) switches the class of every FPN whose
 forward is detectron2's, in place (no parameter of its own: state dicts unchanged).
 """
 
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from detectron2.modeling.backbone import FPN
 from torch import nn
 
-from .tracing import eager
+from ..utils.tracing import eager
+from .swap import restore_classes, swap_classes
 
 
 class LeanFPN(FPN):
@@ -56,24 +57,23 @@ class LeanFPN(FPN):
         return dict(zip(self._out_features, outputs, strict=True))
 
 
+def _runs_fpn_forward(module: nn.Module) -> type | None:
+    if isinstance(module, FPN) and type(module).forward is FPN.forward:
+        return LeanFPN
+    return None
+
+
 def enable_lean_fpn(model: nn.Module) -> nn.Module:
     """Switch every FPN of ``model`` that runs detectron2's ``FPN.forward`` (``FPN`` itself or
     a subclass that only adds construction, such as
-    :class:`~gcnet_d2.modeling.mmdet_recipe.MMDetFPN`) to :class:`LeanFPN`; returns ``model``."""
-    for module in model.modules():
-        cls = type(module)
-        if isinstance(module, FPN) and cls is not LeanFPN and cls.forward is FPN.forward:
-            module.__dict__["_plain_class"] = cls
-            module.__class__ = LeanFPN
-    return model
+    :class:`~gcnet_d2.modeling.mmdet_recipe.MMDetFPN`) to :class:`LeanFPN`; returns ``model``.
+    :func:`disable_lean_fpn` gives each its own class back."""
+    return swap_classes(model, _runs_fpn_forward)
 
 
 def disable_lean_fpn(model: nn.Module) -> nn.Module:
     """Undo :func:`enable_lean_fpn`; returns ``model``."""
-    for module in model.modules():
-        if type(module) is LeanFPN:
-            module.__class__ = module.__dict__.pop("_plain_class", FPN)
-    return model
+    return restore_classes(model, LeanFPN)
 
 
 __all__ = ["LeanFPN", "disable_lean_fpn", "enable_lean_fpn"]

@@ -10,7 +10,7 @@ measured by ``benchmarks/model_vs_mmdet.py``).
 :func:`enable_conv_speedups` switches detectron2 ``Conv2d`` modules to
 :class:`NormFoldingConv2d`, a subclass with no parameter of its own: nothing about the
 module's parameters, buffers or state-dict keys changes. Each module's ``fold_norm``
-(``MODEL.GCNET.FOLD_NORMS``) and ``gemm_1x1`` (``MODEL.GCNET.CONV1X1_GEMM``) say which of its
+(``FAST.FOLD_FROZEN_NORMS``) and ``gemm_1x1`` (``FAST.CONV1X1_GEMM``) say which of its
 two speed-ups it takes. The fold applies in eval mode where
 the norm is a fixed affine; training runs conv + norm as before. Where nothing is
 differentiated and nothing records the graph, the folded weight and bias are cached (and
@@ -33,8 +33,9 @@ from detectron2.layers import Conv2d
 from torch import nn
 
 from ..layers import frozen_affine, has_frozen_affine
+from ..utils.tracing import graph_is_recorded, tracing_to_torchscript
 from .conv1x1_gemm import conv1x1_as_gemm, gemm_applies
-from .tracing import graph_is_recorded, tracing_to_torchscript
+from .swap import restore_classes, swap_classes
 
 
 def _tensor_key(t: torch.Tensor | None) -> tuple:
@@ -51,6 +52,7 @@ class NormFoldingConv2d(Conv2d):
 
     fold_norm = True  # per module: fold a frozen norm at inference
     gemm_1x1 = False  # per module: a 1x1 conv on a large map as a product (.conv1x1_gemm)
+    fast_attributes = ("_folded", "fold_norm", "gemm_1x1")  # dropped by restore_classes
 
     def can_fold(self, x: torch.Tensor) -> bool:
         return (
@@ -113,18 +115,25 @@ def _gemm_allowed() -> bool:
     return not torch.is_grad_enabled() and not graph_is_recorded()
 
 
-def enable_conv_speedups(model: nn.Module, fold_norms: bool, conv1x1_gemm: bool) -> nn.Module:
+def _foldable_or_1x1(module: nn.Module) -> type | None:
+    if type(module) is Conv2d and (module.norm is not None or module.kernel_size == (1, 1)):
+        return NormFoldingConv2d
+    return None
+
+
+def enable_conv_speedups(
+    model: nn.Module, fold_frozen_norms: bool, conv1x1_gemm: bool
+) -> nn.Module:
     """Switch every detectron2 ``Conv2d`` of ``model`` that has a norm or is 1x1 to
     :class:`NormFoldingConv2d` with these two switches, in place; returns ``model``. With both
     off, the plain ``Conv2d`` everywhere (:func:`disable_conv_speedups`). State dict unchanged.
     """
-    if not (fold_norms or conv1x1_gemm):
+    if not (fold_frozen_norms or conv1x1_gemm):
         return disable_conv_speedups(model)
+    swap_classes(model, _foldable_or_1x1)
     for module in model.modules():
-        if type(module) is Conv2d and (module.norm is not None or module.kernel_size == (1, 1)):
-            module.__class__ = NormFoldingConv2d
         if type(module) is NormFoldingConv2d:
-            module.fold_norm = bool(fold_norms)
+            module.fold_norm = bool(fold_frozen_norms)
             module.gemm_1x1 = bool(conv1x1_gemm) and module.kernel_size == (1, 1)
             module.__dict__.pop("_folded", None)
     return model
@@ -132,12 +141,7 @@ def enable_conv_speedups(model: nn.Module, fold_norms: bool, conv1x1_gemm: bool)
 
 def disable_conv_speedups(model: nn.Module) -> nn.Module:
     """Undo :func:`enable_conv_speedups` (the plain detectron2 ``Conv2d`` everywhere)."""
-    for module in model.modules():
-        if type(module) is NormFoldingConv2d:
-            module.__class__ = Conv2d
-            for name in ("_folded", "fold_norm", "gemm_1x1"):
-                module.__dict__.pop(name, None)
-    return model
+    return restore_classes(model, NormFoldingConv2d)
 
 
 __all__ = ["NormFoldingConv2d", "disable_conv_speedups", "enable_conv_speedups"]

@@ -16,7 +16,7 @@ gradient up to float rounding). A ``torch.jit.trace`` records the same split as 
 forks, so exported TorchScript models pool in parallel too (any box count, gradients flow).
 Scripting, ``torch.compile`` and ``torch.export`` (and so ONNX) call the plain
 ``ROIAlign.forward``.
-``MODEL.GCNET.PARALLEL_ROI_ALIGN`` switches it, in every ``ROIPooler`` of the model (any RoI
+``FAST.PARALLEL_ROI_ALIGN`` switches it, in every ``ROIPooler`` of the model (any RoI
 heads: :func:`enable_parallel_roi_align`).
 """
 
@@ -32,7 +32,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-from .tracing import eager, tracing_to_torchscript
+from ..utils.tracing import eager, tracing_to_torchscript
+from .swap import restore_classes, swap_classes
 
 #: Below this many boxes per thread the thread hand-off costs more than it saves.
 MIN_BOXES_PER_THREAD = 16
@@ -167,18 +168,13 @@ def enable_parallel_roi_align(model: nn.Module) -> nn.Module:
     returns ``model``."""
     for module in model.modules():
         if isinstance(module, ROIPooler):
-            for level in module.level_poolers:
-                if type(level) is ROIAlign:
-                    level.__class__ = ParallelROIAlign
+            swap_classes(module.level_poolers, {ROIAlign: ParallelROIAlign})
     return model
 
 
 def disable_parallel_roi_align(model: nn.Module) -> nn.Module:
     """Undo :func:`enable_parallel_roi_align` (detectron2's ``ROIAlign``); returns ``model``."""
-    for module in model.modules():
-        if type(module) is ParallelROIAlign:
-            module.__class__ = ROIAlign
-    return model
+    return restore_classes(model, ParallelROIAlign)
 
 
 def uses_parallel_roi_align(module: nn.Module) -> bool:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torchvision.ops import batched_nms, nms
 
+from ..utils.tracing import exporting_to_onnx, tracing_to_torchscript
+
 __all__ = ["class_nms", "stable_topk"]
 
 INT64_MAX = 2**63 - 1
@@ -33,7 +35,7 @@ def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     """The ``k`` largest of each row of ``scores`` (last dim), ties to the lower index, in
     that order: what ONNX ``TopK`` returns. ``torch.topk`` orders (and may pick) equal values
     differently, and equal scores are common (a flat image region, the padding)."""
-    if torch.onnx.is_in_onnx_export():  # ONNX TopK is this order; a stable sort won't export
+    if exporting_to_onnx():  # ONNX TopK is this order; a stable sort won't export
         size = scores.shape[-1]  # a tensor while tracing: the graph keeps it symbolic
         k = torch.clamp(size, max=k) if isinstance(size, torch.Tensor) else min(size, k)
         return scores.topk(k, dim=-1)
@@ -103,9 +105,9 @@ def class_nms(
     ranks = torch.zeros_like(scores, dtype=torch.float32).scatter(
         0, order, torch.arange(n, 0, -1, dtype=torch.float32, device=scores.device)
     )
-    if torch.onnx.is_in_onnx_export():
+    if exporting_to_onnx():
         keep = _NonMaxSuppression.apply(boxes, ranks, classes, float(iou_threshold), num_classes)
-    elif torch.jit.is_tracing():
+    elif tracing_to_torchscript():
         keep = batched_nms(boxes, ranks, classes, iou_threshold)
     else:
         keep = _NonMaxSuppression.forward(None, boxes, ranks, classes, iou_threshold, num_classes)

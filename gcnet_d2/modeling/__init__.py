@@ -24,14 +24,6 @@ from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
 from .cascade_heads import MMDetCascadeROIHeads
 from .mmdet_recipe import MaxIoUMatcher, MMDetFPN, MMDetROIHeads, MMDetRPN
 
-
-def __getattr__(name: str) -> object:
-    # Names this package exported before the speed-ups moved to gcnet_d2.fast.
-    from .. import _compat
-
-    return _compat.deprecated_modeling_name(name)
-
-
 __all__ = [
     "ContextBlock",
     "DeformConv2dWithOffset",

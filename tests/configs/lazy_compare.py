@@ -11,6 +11,8 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from torch import nn
 
+from gcnet_d2.config import add_gcnet_config
+
 # Keys a YAML may change from detectron2's defaults because test_lazy_configs.py checks the
 # LazyConfig against them: every MODEL key through the built model (module by module),
 # every INPUT key through the dataset mapper, the rest one by one. A YAML key outside these
@@ -67,6 +69,9 @@ def unchecked_yaml_keys(cfg: CfgNode) -> list[str]:
     """Keys whose value differs from detectron2's defaults (or that detectron2 lacks) and that
     the LazyConfig comparison does not cover."""
     defaults = flatten(get_cfg())
+    # The speed-up switches: a LazyConfig without a `fast` entry takes FAST's defaults.
+    gcnet_defaults = flatten(add_gcnet_config(get_cfg()))
+    defaults.update({k: v for k, v in gcnet_defaults.items() if k.startswith("FAST.")})
     changed = [
         k
         for k, v in flatten(cfg).items()

@@ -1,5 +1,5 @@
 """1x1 convolutions as matrix products (``gcnet_d2/fast/conv1x1_gemm.py``,
-MODEL.GCNET.CONV1X1_GEMM): equal to F.conv2d up to summation order, taken only where stated,
+FAST.CONV1X1_GEMM): equal to F.conv2d up to summation order, taken only where stated,
 and wired by ``fast.apply`` into the detector's 1x1 convs."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def calls(monkeypatch):
 def _conv(k: int = 1, stride: int = 1, norm: bool = False) -> Conv2d:
     conv = Conv2d(8, 16, k, stride=stride, padding=k // 2, bias=not norm,
                   norm=torch.nn.BatchNorm2d(16) if norm else None)  # fmt: skip
-    enable_conv_speedups(conv, fold_norms=True, conv1x1_gemm=True)
+    enable_conv_speedups(conv, fold_frozen_norms=True, conv1x1_gemm=True)
     assert type(conv) is NormFoldingConv2d
     assert conv.gemm_1x1 == (k == 1)
     conv.gemm_1x1 = True  # forced: the size, stride and mode guards must still hold
@@ -82,7 +82,7 @@ def test_detector_uses_products_and_matches_convolutions(calls):
 
     def build(on: bool):  # noqa: ANN202
         cfg = tiny_cfg(R50_GC)
-        cfg.MODEL.GCNET.CONV1X1_GEMM = on
+        cfg.FAST.CONV1X1_GEMM = on
         model = build_model(cfg).eval()
         assert not any(isinstance(m, NormFoldingConv2d) for m in model.modules())  # plain
         return fast.apply(model, cfg)  # the same options but for CONV1X1_GEMM

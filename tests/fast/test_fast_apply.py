@@ -1,11 +1,11 @@
 """``gcnet_d2.fast.apply`` / ``remove``: the one entry point of the speed-ups.
 
 A built model is plain; ``fast.apply(model, options)`` (a ``FastOptions``, a detectron2 config's
-``MODEL.GCNET`` keys, or None = all on) switches module classes in place, each key governing
+``FAST`` node, or None = all on) switches module classes in place, each key governing
 exactly what its name says on any detectron2 model (gcnet_d2's RoI heads or detectron2's stock
 ``StandardROIHeads`` / ``CascadeROIHeads``); ``fast.remove`` gives the plain model back.
-Also ``MODEL.GCNET.COMPILE`` and the options' validation (errors name the key), and that the
-deprecated names of the old layout still work.
+Also ``FAST.COMPILE`` and the options' validation (errors name the key), and that the names of
+the layout before 0.1.0 are gone. Reading the options from configs: test_fast_options.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from gcnet_d2 import fast
 from gcnet_d2.config import DETECTRON2_TRAINING_COMPONENTS
 from gcnet_d2.fast import FastOptions, LeanFPN, NormFoldingConv2d, ParallelROIAlign
 from gcnet_d2.fast.gc_fold import FoldedDeformGCBottleneckBlock, FoldedGCBottleneckBlock
-from gcnet_d2.layers import ContextBlock
 from gcnet_d2.modeling import (
     DeformGCBottleneckBlock,
     GCBottleneckBlock,
@@ -32,30 +31,31 @@ from gcnet_d2.modeling import (
     build_gcnet_resnet_backbone,
     build_gcnet_resnet_fpn_backbone,
 )
+from tests.fast.fold_probe import kinds, record_unfolded
 from tests.testing import randomize, realistic_weights, tiny_cfg
 
 CONFIG = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
 CASCADE = "gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco.yaml"
-FLAGS = ("FOLD_NORMS", "CONV1X1_GEMM", "PARALLEL_ROI_ALIGN", "LEAN_FPN")
+FLAGS = ("FOLD_FROZEN_NORMS", "CONV1X1_GEMM", "PARALLEL_ROI_ALIGN", "LEAN_FPN")
 FOLDED = (FoldedGCBottleneckBlock, FoldedDeformGCBottleneckBlock)
 
 
 def cfg_with(name: str = CONFIG, *opts: str, **keys: object):  # noqa: ANN201
-    """``name`` with ``opts`` merged and ``MODEL.GCNET.<key> = value`` for ``keys``."""
+    """``name`` with ``opts`` merged and ``FAST.<key> = value`` for ``keys``."""
     cfg = gcnet_d2.get_config(name)
     cfg.merge_from_list(list(opts))
     for key, value in keys.items():
-        setattr(cfg.MODEL.GCNET, key, value)
+        setattr(cfg.FAST, key, value)
     return cfg
 
 
 def fast_cfg(**keys: object):  # noqa: ANN201
     """The tiny GC r16 c3-c5 Mask R-CNN with DCN v1 in c5 (both GC bottleneck classes) and
-    ``MODEL.GCNET.<key> = value`` for ``keys``."""
+    ``FAST.<key> = value`` for ``keys``."""
     cfg = tiny_cfg(CONFIG)
     cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, True]
     for key, value in keys.items():
-        setattr(cfg.MODEL.GCNET, key, value)
+        setattr(cfg.FAST, key, value)
     return cfg
 
 
@@ -64,9 +64,9 @@ def what_is_fast(model: torch.nn.Module) -> set[str]:
     modules = list(model.modules())
     found = set()
     if any(type(m) is NormFoldingConv2d and m.fold_norm for m in modules):
-        found.add("FOLD_NORMS: conv + norm")
+        found.add("FOLD_FROZEN_NORMS: conv + norm")
     if any(type(m) in FOLDED for m in modules):
-        found.add("FOLD_NORMS: GC bottleneck")
+        found.add("FOLD_FROZEN_NORMS: GC bottleneck")
     if any(getattr(m, "gemm_1x1", False) for m in modules):
         found.add("CONV1X1_GEMM")
     if any(type(m) is ParallelROIAlign for m in modules):
@@ -77,8 +77,8 @@ def what_is_fast(model: torch.nn.Module) -> set[str]:
 
 
 ALL_FAST = {
-    "FOLD_NORMS: conv + norm",
-    "FOLD_NORMS: GC bottleneck",
+    "FOLD_FROZEN_NORMS: conv + norm",
+    "FOLD_FROZEN_NORMS: GC bottleneck",
     "CONV1X1_GEMM",
     "PARALLEL_ROI_ALIGN",
     "LEAN_FPN",
@@ -133,15 +133,15 @@ def assert_same_features(got: dict, want: dict) -> None:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5 * scale, msg=key)
 
 
-# --- 1. FOLD_NORMS governs every fold ------------------------------------------------------
+# --- 1. FOLD_FROZEN_NORMS governs every fold -----------------------------------------------
 
 
 @pytest.mark.parametrize("fold", [False, True])
-def test_fold_norms_switches_every_fold(plain_model, image, fold):
-    """``MODEL.GCNET.FOLD_NORMS`` off: no conv folds its norm and no GC bottleneck folds its
+def test_fold_frozen_norms_switches_every_fold(plain_model, image, fold):
+    """``FAST.FOLD_FROZEN_NORMS`` off: no conv folds its norm and no GC bottleneck folds its
     conv3 + norm + block (that fold used to stay on); on: both. The outputs equal the plain
     model's either way."""
-    model = fast.apply(copy.deepcopy(plain_model), fast_cfg(FOLD_NORMS=fold))
+    model = fast.apply(copy.deepcopy(plain_model), fast_cfg(FOLD_FROZEN_NORMS=fold))
     folding_convs = [m for m in model.modules() if type(m) is NormFoldingConv2d and m.fold_norm]
     folded_blocks = [m for m in model.modules() if type(m) in FOLDED]
     if fold:
@@ -151,9 +151,11 @@ def test_fold_norms_switches_every_fold(plain_model, image, fold):
         assert folding_convs == [] and folded_blocks == []
         assert any(type(m) is NormFoldingConv2d for m in model.modules())  # CONV1X1_GEMM's
     x = torch.randn(1, 3, 64, 96)
-    with torch.inference_mode():
+    with torch.inference_mode(), record_unfolded(model) as unfolded:
         assert_same_features(model.backbone(x), plain_model.backbone(x))
-    assert_same_detections(detections(model, image), detections(plain_model, image))
+        got = detections(model, image)
+    assert kinds(unfolded) == (set() if fold else {"norm", "gc"})  # which path ran
+    assert_same_detections(got, detections(plain_model, image))
 
 
 # --- 2. PARALLEL_ROI_ALIGN on detectron2's stock RoI heads -----------------------------------
@@ -163,7 +165,7 @@ def stock_heads_cfg(name: str, heads: str, parallel: bool):  # noqa: ANN201
     """``name`` (tiny, R-50) with detectron2's own RPN and RoI heads ``heads``."""
     stock = [str(v) for kv in DETECTRON2_TRAINING_COMPONENTS.items() for v in kv]
     cfg = tiny_cfg(name, *stock, depth=50)
-    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = parallel
+    cfg.FAST.PARALLEL_ROI_ALIGN = parallel
     cfg.MODEL.ROI_HEADS.NAME = heads
     cfg.MODEL.MMDET_TRAIN.CASCADE_RESAMPLE = False  # mmdetection's cascade sampler: ours only
     return cfg
@@ -289,7 +291,7 @@ def test_apply_twice_is_idempotent(plain_model, image):
     assert classes(twice) == classes(plain_model)
 
 
-# --- MODEL.GCNET.COMPILE --------------------------------------------------------------------
+# --- FAST.COMPILE ------------------------------------------------------------------------------
 
 
 def test_compile_is_off_by_default():
@@ -326,12 +328,12 @@ def test_compiled_backbone_matches_plain():
 # --- bad options name their key --------------------------------------------------------------
 
 BAD_OPTIONS = [
-    ("COMPILE", "no_such_backend", "MODEL.GCNET.COMPILE: unknown torch.compile backend"),
-    ("COMPILE", 1, "MODEL.GCNET.COMPILE must be"),
-    ("FOLD_NORMS", "yes", "MODEL.GCNET.FOLD_NORMS must be"),
-    ("CONV1X1_GEMM", "on", "MODEL.GCNET.CONV1X1_GEMM must be"),
-    ("PARALLEL_ROI_ALIGN", "yes", "MODEL.GCNET.PARALLEL_ROI_ALIGN must be"),
-    ("LEAN_FPN", 1, "MODEL.GCNET.LEAN_FPN must be"),
+    ("COMPILE", "no_such_backend", "COMPILE: unknown torch.compile backend"),
+    ("COMPILE", 1, "COMPILE must be"),
+    ("FOLD_FROZEN_NORMS", "yes", "FOLD_FROZEN_NORMS must be"),
+    ("CONV1X1_GEMM", "on", "CONV1X1_GEMM must be"),
+    ("PARALLEL_ROI_ALIGN", "yes", "PARALLEL_ROI_ALIGN must be"),
+    ("LEAN_FPN", 1, "LEAN_FPN must be"),
 ]
 
 
@@ -339,52 +341,56 @@ BAD_OPTIONS = [
 def test_bad_config_option_names_its_key(key, value, match):
     net = build_gcnet_resnet_backbone(cfg_with(), ShapeSpec(channels=3))
     before = classes(net)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^FAST.{match}"):
         fast.apply(net, cfg_with(**{key: value}))
     assert classes(net) == before  # validated before anything is switched
 
 
 @pytest.mark.parametrize(("key", "value", "match"), BAD_OPTIONS)
 def test_bad_fast_option_names_its_key(key, value, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^FastOptions.{match.lower()}"):
         FastOptions(**{key.lower(): value})
 
 
-# --- the deprecated names of the old layout ------------------------------------------------
+@pytest.mark.parametrize(("key", "value", "match"), BAD_OPTIONS)
+def test_bad_lazyconfig_option_names_its_key(key, value, match):
+    from omegaconf import OmegaConf
+
+    lazy = OmegaConf.create({"model": {}, "fast": {key.lower(): value}})
+    with pytest.raises(ValueError, match=f"^fast.{match.lower()}"):
+        fast.apply(torch.nn.Conv2d(1, 1, 1), lazy)
 
 
-def test_deprecated_names_still_work():
-    """Old import paths and ``gcnet_d2.modeling`` names map onto the new API (with a
-    DeprecationWarning); ``make_gcnet_stem(fold_norms=...)`` warns and builds the plain stem."""
+# --- the names of the layout before 0.1.0 are gone ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "old",
+    [
+        "gcnet_d2.modeling.context_block",
+        "gcnet_d2.modeling.roi_align_parallel",
+        "gcnet_d2.modeling.inference_fusion",
+        "gcnet_d2._compat",
+        "gcnet_d2.fast.tracing",
+    ],
+)
+def test_old_module_paths_fail_as_missing_modules_do(old):
+    """No alias in ``sys.modules`` and no such module in the package: importing it fails as
+    any missing module does. (Asked of the package's own folder: an editable install of
+    another checkout could still find that checkout's old file.)"""
+    import importlib
+    import importlib.machinery
+    import sys
+
+    parent_name, _, _ = old.rpartition(".")
+    parent = importlib.import_module(parent_name)
+    assert old not in sys.modules
+    assert importlib.machinery.PathFinder.find_spec(old, parent.__path__) is None
+
+
+@pytest.mark.parametrize("name", ["set_fast_paths", "reference_context_block", "LeanFPN"])
+def test_old_modeling_names_fail_as_missing_attributes_do(name):
     import gcnet_d2.modeling as modeling
-    from gcnet_d2.fast.gc_fold import enable_gc_fold
-    from gcnet_d2.modeling import make_gcnet_stem
-    from gcnet_d2.modeling.context_block import ContextBlock as OldContextBlock
-    from gcnet_d2.modeling.roi_align_parallel import ParallelROIAlign as OldParallelROIAlign
 
-    assert OldParallelROIAlign is ParallelROIAlign and OldContextBlock is ContextBlock
-    with pytest.warns(DeprecationWarning):
-        assert modeling.LeanFPN is LeanFPN
-    with pytest.warns(DeprecationWarning):
-        set_fast_paths = modeling.set_fast_paths
-    with pytest.warns(DeprecationWarning):
-        reference_context_block = modeling.reference_context_block
-    with pytest.warns(DeprecationWarning):
-        reference_bottleneck_forward = modeling.reference_bottleneck_forward
-    block = GCBottleneckBlock(16, 64, bottleneck_channels=16, norm="FrozenBN", gc_ratio=1 / 4)
-    plain = randomize(block)
-    folded = enable_gc_fold(copy.deepcopy(plain))
-    x = torch.randn(2, 16, 6, 6)
-    torch.testing.assert_close(reference_bottleneck_forward(folded, x), plain(x), rtol=0, atol=0)
-    y = torch.randn(2, 64, 6, 6)
-    gc = plain.context_block
-    torch.testing.assert_close(reference_context_block(gc, y), gc(y), rtol=0, atol=0)
-    set_fast_paths(folded, False)
-    assert type(folded) is GCBottleneckBlock
-    set_fast_paths(folded, True)
-    assert type(folded) is FoldedGCBottleneckBlock
-    with pytest.warns(DeprecationWarning, match="fold_norms"):
-        stem = make_gcnet_stem("FrozenBN", fold_norms=True)
-    assert not any(type(m) is NormFoldingConv2d for m in stem.modules())  # ignored: plain
-    with pytest.raises(AttributeError):
-        modeling.no_such_name  # noqa: B018
+    with pytest.raises(AttributeError, match=name):
+        getattr(modeling, name)

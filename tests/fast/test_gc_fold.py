@@ -38,6 +38,7 @@ from gcnet_d2.modeling import (
     GCBottleneckBlock,
     build_gcnet_resnet_backbone,
 )
+from tests.fast.fold_probe import kinds, record_unfolded
 from tests.testing import randomize
 
 FUSIONS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
@@ -214,6 +215,22 @@ def build(norm, *args, **kwargs):
     return block.eval() if norm == "BN-eval" else block.train()
 
 
+def run_folded(block: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """``block(*args)``, asserting the fold ran: ``conv3`` and the context block not called."""
+    with record_unfolded(block) as calls:
+        out = block(*args)
+    assert "gc" not in kinds(calls), calls
+    return out
+
+
+def run_unfolded(block: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """``block(*args)``, asserting the plain path ran: ``conv3`` and the block were called."""
+    with record_unfolded(block) as calls:
+        out = block(*args)
+    assert "gc" in kinds(calls), calls
+    return out
+
+
 def plain_copy(block: torch.nn.Module) -> torch.nn.Module:
     """The reference: a deep copy of ``block`` in its plain class (same weights and mode)."""
     plain = disable_gc_fold(copy.deepcopy(block))
@@ -273,10 +290,13 @@ def test_gpu_inference_does_not_fold():
 
 
 def test_unfoldable_norm_takes_the_plain_path():
-    block = build("BN")  # BN in training mode: batch statistics, not a fixed affine
+    """BN in training mode (batch statistics, not a fixed affine) is not folded: the folded
+    class runs conv3 + norm and the block, which is the plain bottleneck's computation."""
+    block = build("BN")
+    assert type(block) is FoldedGCBottleneckBlock and block.training
     assert not foldable(block, torch.zeros(1))
     x = torch.randn(2, 16, 6, 6)
-    torch.testing.assert_close(block(x), plain_copy(block)(x), **TOL)
+    torch.testing.assert_close(run_unfolded(block, x), plain_copy(block)(x), **TOL)
 
 
 @pytest.mark.parametrize("norm", FOLDED)
@@ -285,7 +305,7 @@ def test_unfoldable_norm_takes_the_plain_path():
 def test_bottleneck_values_match_plain(norm, fusion, n):
     block = build(norm, fusion, stride=2)
     x = torch.randn(n, 16, 10, 8)
-    torch.testing.assert_close(block(x), plain_copy(block)(x), **TOL)
+    torch.testing.assert_close(run_folded(block, x), plain_copy(block)(x), **TOL)
 
 
 @pytest.mark.parametrize("norm", ["FrozenBN", FrozenStatsBatchNorm2d])
@@ -298,7 +318,7 @@ def test_bottleneck_grads_match_plain(norm, fusion, n, memory_format):
     x = torch.randn(n, 16, 7, 9).contiguous(memory_format=memory_format)
     g = torch.randn(n, 64, 7, 9)
     x1 = x.clone().requires_grad_()
-    out = block(x1)
+    out = run_folded(block, x1)
     assert out.is_contiguous(memory_format=memory_format)
     got = grads((out * g).sum(), {"x": x1, **dict(block.named_parameters())})
     x2 = x.clone().requires_grad_()
@@ -311,9 +331,11 @@ def test_bottleneck_grads_match_plain(norm, fusion, n, memory_format):
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
 def test_every_trainable_parameter_gets_a_gradient(norm):
     """DDP without find_unused_parameters needs a gradient for each one, conv_mask.bias too
-    (whose true gradient is zero: a softmax ignores a constant shift)."""
+    (whose true gradient is zero: a softmax ignores a constant shift): on the folded path
+    (FrozenBN) and on the plain one the folded class takes for BN in training mode."""
     block = build(norm, ("channel_add", "channel_mul"))
-    block(torch.randn(2, 16, 6, 6)).square().sum().backward()
+    run = run_folded if norm == "FrozenBN" else run_unfolded
+    run(block, torch.randn(2, 16, 6, 6)).square().sum().backward()
     missing = [n for n, p in block.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
     assert block.context_block.conv_mask.bias.grad.abs().item() < 1e-4
@@ -323,10 +345,10 @@ def test_conv_mask_bias_cannot_change_the_output():
     """The fold adds conv_mask's bias to its logits; a softmax ignores it, as in the plain block."""
     block = build("FrozenBN", ("channel_add", "channel_mul"))
     x = torch.randn(2, 16, 5, 5)
-    out = block(x)
+    out = run_folded(block, x)
     with torch.no_grad():
         block.context_block.conv_mask.bias.add_(7.0)
-    torch.testing.assert_close(block(x), out, **TOL)
+    torch.testing.assert_close(run_folded(block, x), out, **TOL)
     torch.testing.assert_close(plain_copy(block)(x), out, **TOL)
 
 
@@ -344,7 +366,7 @@ def test_bottleneck_without_context_block_matches_plain(norm):
     """gc_ratio=None: the same folded conv3, no GC (the benchmark's cost-attribution control)."""
     block = build(norm, gc=False)
     x = torch.randn(2, 16, 6, 6)
-    torch.testing.assert_close(block(x), plain_copy(block)(x), **TOL)
+    torch.testing.assert_close(run_folded(block, x), plain_copy(block)(x), **TOL)
     assert foldable(block, torch.zeros(1))
 
 
@@ -353,13 +375,13 @@ def test_bottleneck_without_context_block_equals_detectron2s():
     plain = BottleneckBlock(16, 64, bottleneck_channels=16, norm="FrozenBN")
     plain.load_state_dict(block.state_dict())
     x = torch.randn(2, 16, 6, 6)
-    torch.testing.assert_close(block(x), plain(x), **TOL)
+    torch.testing.assert_close(run_folded(block, x), plain(x), **TOL)
 
 
 def test_bottleneck_avg_pooling_matches_plain():
     block = build("FrozenBN", ("channel_add", "channel_mul"), pooling="avg")
     x = torch.randn(2, 16, 6, 6)
-    torch.testing.assert_close(block(x), plain_copy(block)(x), **TOL)
+    torch.testing.assert_close(run_folded(block, x), plain_copy(block)(x), **TOL)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
@@ -369,7 +391,7 @@ def test_deform_bottleneck_matches_plain(memory_format):
     with torch.no_grad():  # real (non-zero) offsets
         block.conv2.conv_offset.weight.normal_(0, 0.05)
     x = torch.randn(2, 16, 9, 9).contiguous(memory_format=memory_format)
-    torch.testing.assert_close(block(x), plain_copy(block)(x), **TOL)
+    torch.testing.assert_close(run_folded(block, x), plain_copy(block)(x), **TOL)
 
 
 def test_bottleneck_under_bf16_autocast_is_close_to_fp32():
@@ -377,7 +399,7 @@ def test_bottleneck_under_bf16_autocast_is_close_to_fp32():
     x = torch.randn(2, 16, 8, 8)
     expect = plain_copy(block)(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = block(x)
+        out = run_folded(block, x)
     rel = (out.float() - expect).norm() / expect.norm()
     assert rel < 2e-2
 
@@ -421,8 +443,10 @@ def test_gc_backbone_matches_plain_model():
     folded = fast.apply(copy.deepcopy(plain))
     assert any(type(m) is FoldedGCBottleneckBlock for m in folded.modules())
     x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
+    with torch.no_grad(), record_unfolded(folded) as skipped, record_unfolded(plain) as ran:
         assert_close_scaled(folded(x), plain(x))
+    assert skipped == []  # every frozen norm and every GC middle folded
+    assert kinds(ran) == {"norm", "gc"}
     assert any(isinstance(m, FrozenBatchNorm2d | FrozenStatsBatchNorm2d) for m in plain.modules())
 
 

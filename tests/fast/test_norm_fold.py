@@ -19,6 +19,7 @@ from gcnet_d2.fast.norm_fold import (
     enable_conv_speedups,
 )
 from gcnet_d2.modeling import build_gcnet_resnet_backbone
+from tests.fast.fold_probe import kinds, record_unfolded
 from tests.testing import randomize
 
 CONFIG = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
@@ -33,7 +34,7 @@ def plain_backbone() -> torch.nn.Module:
 
 def folded_backbone() -> torch.nn.Module:
     """:func:`plain_backbone` with the norm fold only (``enable_conv_speedups``)."""
-    return enable_conv_speedups(plain_backbone(), fold_norms=True, conv1x1_gemm=False)
+    return enable_conv_speedups(plain_backbone(), fold_frozen_norms=True, conv1x1_gemm=False)
 
 
 def count_batch_norms(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -82,10 +83,10 @@ def test_backbone_equal_and_norms_skipped(monkeypatch):
 
 
 def test_fold_norm_off_runs_the_norms(monkeypatch):
-    """A ``NormFoldingConv2d`` whose ``fold_norm`` is off (``FOLD_NORMS`` off, ``CONV1X1_GEMM``
-    on) runs conv + norm: the same values as the plain model, norms called."""
+    """A ``NormFoldingConv2d`` whose ``fold_norm`` is off (``FOLD_FROZEN_NORMS`` off,
+    ``CONV1X1_GEMM`` on) runs conv + norm: the same values as the plain model, norms called."""
     plain = plain_backbone()
-    net = enable_conv_speedups(copy.deepcopy(plain), fold_norms=False, conv1x1_gemm=True)
+    net = enable_conv_speedups(copy.deepcopy(plain), fold_frozen_norms=False, conv1x1_gemm=True)
     switched = [m for m in net.modules() if type(m) is NormFoldingConv2d]
     assert switched and not any(m.fold_norm for m in switched)
     stem = net.stem.conv1
@@ -104,19 +105,28 @@ def test_fold_follows_new_weights():
     """The folded weights are cached; loading new values (in place) must refresh them."""
     net = folded_backbone()
     x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
+    with torch.no_grad(), record_unfolded(net) as unfolded:
         net(x)
         other = randomize(plain_backbone(), 0.07)
         net.load_state_dict(other.state_dict())
         got, want = net(x), other(x)
+    assert "norm" not in kinds(unfolded)  # the folded path ran, both times
     assert_close_scaled(got, want)
 
 
 def test_training_and_grad_mode_use_the_plain_path(monkeypatch):
-    """With a gradient recorded, the norm runs (its affine trains: mmdet's norm_eval)."""
+    """In training mode nothing folds: every norm runs (its affine trains: mmdet's
+    norm_eval), the comparison with the plain model is not a fold's."""
     net = folded_backbone().train()
+    x = torch.randn(1, 3, 64, 64)
+    switched = [m for m in net.modules() if type(m) is NormFoldingConv2d and m.norm is not None]
+    assert switched and not any(m.can_fold(x) for m in switched)
     calls = count_batch_norms(monkeypatch)
-    out = net(torch.randn(1, 3, 64, 64))
+    with record_unfolded(net) as unfolded:
+        out = net(x)
+    assert {name for kind, name in unfolded if kind == "norm"} == {
+        f"{n}.norm" for n, m in net.named_modules() if m in switched
+    }
     assert calls[0] > 0
     sum(v.sum() for v in out.values()).backward()
     norm = net.res4[0].conv1.norm  # res2 and the stem are frozen (FREEZE_AT)
@@ -144,7 +154,9 @@ def test_eval_with_grad_folds_in_graph_and_differentiates():
     with torch.no_grad():
         want = net.res3(net.res2(net.stem(x)))
         reference = plain.res3(plain.res2(plain.stem(x)))
-    got = net.res3(net.res2(net.stem(x)))
+    with record_unfolded(net) as unfolded:
+        got = net.res3(net.res2(net.stem(x)))
+    assert unfolded == []  # folded in the graph: no norm module, no GC middle ran
     # the GC blocks' pooling takes its autograd-capable path here: rounding, not bits
     atol = 1e-5 * want.abs().max().item()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=atol)
@@ -162,7 +174,7 @@ def test_enable_is_idempotent_and_reversible():
     disable_conv_speedups(net)
     assert not any(type(m) is NormFoldingConv2d for m in net.modules())
     assert not any("fold_norm" in vars(m) or "gemm_1x1" in vars(m) for m in net.modules())
-    enable_conv_speedups(net, fold_norms=False, conv1x1_gemm=False)  # both off: plain
+    enable_conv_speedups(net, fold_frozen_norms=False, conv1x1_gemm=False)  # both off: plain
     assert not any(type(m) is NormFoldingConv2d for m in net.modules())
 
 
@@ -219,7 +231,7 @@ def detections_equal(a, b) -> None:  # noqa: ANN001
 
 
 def test_detections_equal_plain_model(detector):
-    """The detector with the fold (``FOLD_NORMS`` alone) against the plain one as built."""
+    """The detector with the fold (``FOLD_FROZEN_NORMS`` alone) against the plain one as built."""
     g = torch.Generator().manual_seed(3)
     image = torch.randint(0, 256, (3, 20, 28), generator=g).float()
     image = F.interpolate(image[None], size=(160, 224), mode="nearest")[0]
@@ -229,6 +241,9 @@ def test_detections_equal_plain_model(detector):
     folded = fast.apply(copy.deepcopy(detector), only_fold)
     assert any(type(m) is NormFoldingConv2d and m.fold_norm for m in folded.modules())
     with torch.inference_mode():
-        got = folded(batched)[0]["instances"]
-        want = detector(batched)[0]["instances"]
+        with record_unfolded(folded) as unfolded:
+            got = folded(batched)[0]["instances"]
+        with record_unfolded(detector) as ran:
+            want = detector(batched)[0]["instances"]
+    assert unfolded == [] and kinds(ran) == {"norm", "gc"}  # the fold ran; the plain did not
     detections_equal(got, want)

@@ -135,7 +135,7 @@ def test_pooler_swap_keeps_settings_and_leaves_other_poolers():
 def _model(row: str, parallel: bool):
     # 100 proposals: more than the 2 x 16 boxes per pooler call that take the threads
     cfg = tiny_cfg(row, "MODEL.RPN.POST_NMS_TOPK_TEST", "100", depth=50)
-    cfg.MODEL.GCNET.PARALLEL_ROI_ALIGN = parallel
+    cfg.FAST.PARALLEL_ROI_ALIGN = parallel
     model = build_model(cfg).eval()
     assert not uses_parallel_roi_align(model)  # the built model is plain
     return fast.apply(model, cfg)

@@ -18,7 +18,7 @@ from detectron2.solver import build_lr_scheduler, build_optimizer
 from torch import nn
 
 import gcnet_d2
-from gcnet_d2.modeling.norm import FrozenStatsBatchNorm2d
+from gcnet_d2.layers.norm import FrozenStatsBatchNorm2d
 from tests.parity import mmdet_reference as ref
 
 ROW = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
