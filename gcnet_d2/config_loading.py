@@ -21,6 +21,7 @@ from .config import add_gcnet_config
 from .errors import ConfigError
 from .layers import resolve_norm
 from .modeling.backbone import validate_gcnet_config
+from .precision import check_precision
 
 __all__ = ["load_config", "validate_config"]
 
@@ -74,13 +75,15 @@ def _check_file(path: str) -> None:
 
 
 def validate_config(cfg: CfgNode) -> None:
-    """Raise :class:`ConfigError` for gcnet_d2 backbone values the model builder would reject."""
+    """Raise :class:`ConfigError` for gcnet_d2 backbone values the model builder would reject
+    and for an unknown ``TEST.PRECISION``."""
     try:
         if str(cfg.MODEL.BACKBONE.NAME).startswith("build_gcnet_"):
             validate_gcnet_config(cfg)
             resolve_norm(cfg.MODEL.RESNETS.NORM, cfg.MODEL.DEVICE)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_precision(cfg.TEST.PRECISION, "TEST.PRECISION")
     if cfg.SOLVER.IMS_PER_BATCH < 1:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH must be >= 1, got {cfg.SOLVER.IMS_PER_BATCH}")
 
