@@ -100,8 +100,8 @@ class ContextBlock(nn.Module):
         if self.pooling == "avg":
             return F.adaptive_avg_pool2d(x, 1)
         if torch.is_autocast_enabled(x.device.type):
-            # The attention over H*W in float32 (in bfloat16 the context is 10-100x further
-            # from float32's than bfloat16's own rounding of x: docs/precision.md).
+            # The attention over H*W in float32: a peaked attention pooled in bfloat16 puts the
+            # context ~9x further from float32's than bfloat16 rounding does (docs/precision.md).
             with torch.autocast(x.device.type, enabled=False):
                 return self.spatial_pool(x.float()).to(x.dtype)
         mask = self.conv_mask(x).reshape(n, 1, h * w).softmax(dim=2)  # N x 1 x HW
