@@ -33,22 +33,30 @@ def test_train_net_amp_on_the_cpu_trains_and_evaluates_in_bf16(tmp_path):
     assert losses and all(0 < loss < 100 for loss in losses)
 
 
-def test_train_net_unknown_precision_is_one_error_line(tmp_path):
-    proc = run_python(
-        ["train_net.py", "--config-file", QUICKSTART, "--eval-only", "TEST.PRECISION", "fp16",
-         "OUTPUT_DIR", str(tmp_path / "out")],
-    )  # fmt: skip
-    assert proc.returncode == 2
-    (line,) = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+def test_train_net_unknown_precision_is_one_error_line(tmp_path, capsys):
+    import train_net
+
+    with pytest.raises(SystemExit) as e:
+        train_net.cli(
+            ["--config-file", QUICKSTART, "--eval-only", "TEST.PRECISION", "fp16",
+             "OUTPUT_DIR", str(tmp_path / "out")]
+        )  # fmt: skip
+    assert e.value.code == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert line.startswith("train_net.py: error:") and "TEST.PRECISION" in line and "fp16" in line
+    assert not (tmp_path / "out").exists()
 
 
-def test_lazy_train_net_unknown_precision_is_one_error_line(tmp_path):
-    proc = run_python(
-        ["lazy_train_net.py", "--config-file", LAZY_ROW, "--eval-only",
-         "train.eval_precision=half", f"train.output_dir={tmp_path / 'out'}"],
-    )  # fmt: skip
-    assert proc.returncode == 2
-    (line,) = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+def test_lazy_train_net_unknown_precision_is_one_error_line(tmp_path, capsys):
+    import lazy_train_net
+
+    with pytest.raises(SystemExit) as e:
+        lazy_train_net.cli(
+            ["--config-file", LAZY_ROW, "--eval-only", "train.eval_precision=half",
+             f"train.output_dir={tmp_path / 'out'}"]
+        )  # fmt: skip
+    assert e.value.code == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert line.startswith("lazy_train_net.py: error:")
     assert "train.eval_precision" in line and "half" in line
+    assert not (tmp_path / "out").exists()
