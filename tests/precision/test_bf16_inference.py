@@ -197,3 +197,19 @@ def test_parallel_roi_align_under_autocast(monkeypatch: pytest.MonkeyPatch) -> N
     expected = ROIAlign.forward(align, features.float(), boxes).to(torch.bfloat16)
     assert got.dtype == torch.bfloat16
     assert torch.equal(got, expected)
+
+
+def test_folded_gc_bottleneck_pools_in_float32_under_autocast() -> None:
+    """The GC fold's attention (pooled through conv3) runs in float32 too, as the plain block's."""
+    from gcnet_d2.fast.gc_fold import pool_projected
+
+    torch.manual_seed(0)
+    block = ContextBlock(64, 1 / 16).eval()
+    h = torch.relu(torch.randn(2, 16, 30, 40)).bfloat16()
+    weight, bias = torch.randn(64, 16) * 0.25, torch.randn(64) * 0.1
+    with torch.no_grad():
+        expected = pool_projected(block, h.float(), weight, bias)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = pool_projected(block, h, weight, bias)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected)
