@@ -146,10 +146,8 @@ class GCNetTrainer(DefaultTrainer):
         # Evaluation leaves the RNGs as it found them (its data loader draws a seed), so a
         # periodic evaluation after a checkpoint does not make a resumed run diverge.
         rng = resume.capture_rng_state()
-        value, key = precision.precision_of(cfg)
-        run_as = precision.resolve_precision(value, cfg.MODEL.DEVICE, key)
         try:
-            with precision.inference_precision(model, run_as, cfg.MODEL.DEVICE):
+            with _evaluation_precision(cfg, model):
                 return super().test(cfg, model, evaluators)
         finally:
             resume.restore_rng_state(rng)
@@ -165,6 +163,14 @@ class GCNetTrainer(DefaultTrainer):
         return COCOEvaluator(
             dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         )
+
+
+def _evaluation_precision(cfg: CfgNode | None, model: nn.Module):  # noqa: ANN202
+    """``TEST.PRECISION``'s context for evaluating ``model`` (none without a config)."""
+    if cfg is None:
+        return contextlib.nullcontext()
+    run_as = precision.resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE)
+    return precision.inference_precision(model, run_as, cfg.MODEL.DEVICE)
 
 
 def write_results(output_dir: str, results: dict) -> str | None:
