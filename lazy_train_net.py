@@ -35,7 +35,6 @@ import detectron2.utils.comm as comm
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
-    AMPTrainer,
     SimpleTrainer,
     default_argument_parser,
     default_setup,
@@ -47,7 +46,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datasets)
-from gcnet_d2 import fast
+from gcnet_d2 import fast, precision
+from gcnet_d2.amp import AutocastTrainer
 from gcnet_d2.checkpoint import GCNetCheckpointer
 from gcnet_d2.data import ensure_synthetic_generated
 from gcnet_d2.engine import create_ddp_model, write_results
@@ -102,6 +102,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if not torch.cuda.is_available() and str(cfg.train.device).startswith("cuda"):
         cfg.train.device = "cpu"
+    precision.check_precision(*precision.precision_of(cfg))  # before training, not after
     default_setup(cfg, args)
     return cfg
 
@@ -130,13 +131,23 @@ def build_model(cfg: DictConfig) -> nn.Module:
     return fast.apply(instantiate(cfg.model), cfg).to(cfg.train.device)
 
 
+def eval_precision(cfg: DictConfig) -> str:
+    """``train.eval_precision`` ("fp32" when absent; "bf16": :mod:`gcnet_d2.precision`),
+    checked, and "fp32" with a warning where ``train.device`` has no bfloat16."""
+    value, key = precision.precision_of(cfg)
+    return precision.resolve_precision(value, cfg.train.device, key)
+
+
 def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict:
-    """COCO-evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``."""
+    """COCO-evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``, in
+    ``train.eval_precision``."""
     if "evaluator" not in cfg.dataloader:
         return OrderedDict()
-    results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
-    )
+    run_as = eval_precision(cfg)
+    with precision.inference_precision(model, run_as, cfg.train.device):
+        results = inference_on_dataset(
+            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        )
     if comm.is_main_process():
         print_csv_format(results)
     return OrderedDict(results or {})
@@ -151,7 +162,7 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> OrderedDict:
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer_class = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
+    trainer_class = AutocastTrainer if cfg.train.amp.enabled else SimpleTrainer
     trainer = trainer_class(model, train_loader, optimizer)
     checkpointer = GCNetCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last_eval: dict = {}
@@ -204,10 +215,12 @@ def main(args: argparse.Namespace) -> OrderedDict:
 
 def cli(argv: list[str] | None = None) -> None:
     args = add_cluster_arguments(default_argument_parser()).parse_args(argv)
-    try:  # before any process starts: one line and exit 2 for a bad override
+    try:  # before any process starts: one line and exit 2 for a bad override or value
         cfg = load_lazy_config(args.config_file)
         check_overrides(cfg, args.opts)
-        fast.FastOptions.from_config(LazyConfig.apply_overrides(cfg, args.opts))
+        cfg = LazyConfig.apply_overrides(cfg, args.opts)
+        fast.FastOptions.from_config(cfg)
+        precision.check_precision(*precision.precision_of(cfg))
     except KeyError as e:
         print(f"lazy_train_net.py: error: {e.args[0]}", file=sys.stderr)
         sys.exit(EXIT_BAD_OVERRIDE)

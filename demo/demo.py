@@ -10,7 +10,8 @@
 from its extension); with a single input, ``--output`` may also name the output file.
 ``--montage`` additionally tiles the first few pictures into one PNG. Trailing ``KEY VALUE``
 pairs override the config, as in ``train_net.py``; ``MODEL.WEIGHTS`` takes detectron2 and
-mmdetection checkpoints (read by ``GCNetCheckpointer``, which never unpickles code).
+mmdetection checkpoints (read by ``GCNetCheckpointer``, which never unpickles code);
+``TEST.PRECISION bf16`` runs the detector in bfloat16 on a CPU that has it (docs/precision.md).
 
 Class names come from ``MetadataCatalog.get(cfg.DATASETS.TEST[0])``: COCO's for the table
 configs, rectangle / ellipse / triangle for the quick-start config.

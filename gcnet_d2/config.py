@@ -125,6 +125,13 @@ def add_gcnet_config(cfg: CN) -> CN:
     # INPUT.RESIZE_BACKEND "cv2").
     cfg.INPUT.MASK_RASTER = "detectron2"
 
+    # Inference precision (gcnet_d2.precision, docs/precision.md): "fp32", or "bf16" = the
+    # detector under bfloat16 autocast with its score / box / mask outputs, RoIAlign, the GC
+    # attention and the DCN in float32; boxes, scores and masks come out float32. Read by
+    # evaluation (train_net.py, --eval-only included), GCNetPredictor and demo/demo.py. On a
+    # CPU without bfloat16 instructions: one warning, float32.
+    cfg.TEST.PRECISION = "fp32"
+
     # Dataset robustness (gcnet_d2.data.validation, gcnet_d2.data.loaders).
     cfg.GCNET_DATA = CN()
     # True: training skips images that are missing, unreadable, undecodable or whose size

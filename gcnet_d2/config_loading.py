@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .fast import FastOptions
 from .layers import resolve_norm
 from .modeling.backbone import validate_gcnet_config
+from .precision import check_precision
 
 __all__ = ["load_config", "validate_config"]
 
@@ -76,7 +77,8 @@ def _check_file(path: str) -> None:
 
 def validate_config(cfg: CfgNode) -> None:
     """Raise :class:`ConfigError` for gcnet_d2 backbone values the model builder would reject,
-    and for ``FAST`` switches :func:`gcnet_d2.fast.apply` would reject."""
+    for ``FAST`` switches :func:`gcnet_d2.fast.apply` would reject and for an unknown
+    ``TEST.PRECISION``."""
     FastOptions.from_config(cfg)
     try:
         if str(cfg.MODEL.BACKBONE.NAME).startswith("build_gcnet_"):
@@ -84,6 +86,7 @@ def validate_config(cfg: CfgNode) -> None:
             resolve_norm(cfg.MODEL.RESNETS.NORM, cfg.MODEL.DEVICE)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_precision(cfg.TEST.PRECISION, "TEST.PRECISION")
     if cfg.SOLVER.IMS_PER_BATCH < 1:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH must be >= 1, got {cfg.SOLVER.IMS_PER_BATCH}")
 

@@ -1,6 +1,6 @@
 """``GCNetTrainer``: detectron2's DefaultTrainer with COCO evaluation and CPU multi-process.
 
-Five things differ from ``DefaultTrainer``:
+Six things differ from ``DefaultTrainer``:
 - images are resized as mmdetection does (:mod:`gcnet_d2.data.transforms`), and with
   ``INPUT.MASK_RASTER: mmdet`` mask targets are cut from mmdetection's bitmaps
   (:mod:`gcnet_d2.data.mapper`);
@@ -10,7 +10,11 @@ Five things differ from ``DefaultTrainer``:
 - checkpoints go through :class:`~gcnet_d2.checkpoint.GCNetCheckpointer` (safe loading,
   mmdetection checkpoints accepted as ``MODEL.WEIGHTS``);
 - evaluation uses ``COCOEvaluator`` (which falls back to pycocotools' COCOeval by itself when
-  detectron2's compiled extension is absent);
+  detectron2's compiled extension is absent) and runs in ``TEST.PRECISION``
+  (:mod:`gcnet_d2.precision`);
+- ``SOLVER.AMP.ENABLED`` trains with :class:`gcnet_d2.amp.AutocastTrainer` (the autocast of the
+  model's device: float16 + grad scaler on CUDA, bfloat16 on the CPU) instead of detectron2's
+  CUDA-only ``AMPTrainer``;
 - with several CPU processes (gloo), the model is wrapped in DistributedDataParallel without
   ``device_ids`` (detectron2 passes the local rank, which torch accepts for CUDA modules only);
   a CUDA model gets the device it is on (the local rank's, or the only one a launcher gave);
@@ -34,7 +38,8 @@ from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from torch import nn
 
-from . import fast, resume
+from . import fast, precision, resume
+from .amp import AutocastTrainer
 from .checkpoint import GCNetCheckpointer
 from .data import ensure_synthetic_generated, loaders
 from .data.mapper import build_gcnet_mapper
@@ -60,14 +65,17 @@ _d2_create_ddp_model = d2_defaults.create_ddp_model
 
 @contextlib.contextmanager
 def _gcnet_trainer_parts() -> Iterator[None]:
-    """DefaultTrainer.__init__ builds these two by module-level name; swap ours in for it."""
-    saved = d2_defaults.create_ddp_model, d2_defaults.DetectionCheckpointer
-    d2_defaults.create_ddp_model = create_ddp_model
-    d2_defaults.DetectionCheckpointer = GCNetCheckpointer
+    """DefaultTrainer.__init__ builds these three by module-level name; swap ours in for it."""
+    names = ("create_ddp_model", "DetectionCheckpointer", "AMPTrainer")
+    saved = [getattr(d2_defaults, n) for n in names]
+    ours = (create_ddp_model, GCNetCheckpointer, AutocastTrainer)
+    for name, mine in zip(names, ours, strict=True):
+        setattr(d2_defaults, name, mine)
     try:
         yield
     finally:
-        d2_defaults.create_ddp_model, d2_defaults.DetectionCheckpointer = saved
+        for name, theirs in zip(names, saved, strict=True):
+            setattr(d2_defaults, name, theirs)
 
 
 class GCNetTrainer(DefaultTrainer):
@@ -139,7 +147,8 @@ class GCNetTrainer(DefaultTrainer):
         # periodic evaluation after a checkpoint does not make a resumed run diverge.
         rng = resume.capture_rng_state()
         try:
-            return super().test(cfg, model, evaluators)
+            with _evaluation_precision(cfg, model):
+                return super().test(cfg, model, evaluators)
         finally:
             resume.restore_rng_state(rng)
 
@@ -154,6 +163,14 @@ class GCNetTrainer(DefaultTrainer):
         return COCOEvaluator(
             dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         )
+
+
+def _evaluation_precision(cfg: CfgNode | None, model: nn.Module):  # noqa: ANN202
+    """``TEST.PRECISION``'s context for evaluating ``model`` (none without a config)."""
+    if cfg is None:
+        return contextlib.nullcontext()
+    run_as = precision.resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE)
+    return precision.inference_precision(model, run_as, cfg.MODEL.DEVICE)
 
 
 def write_results(output_dir: str, results: dict) -> str | None:

@@ -9,17 +9,19 @@ test loader's resize, so its detections are the model's evaluated detections. It
 mmdetection checkpoints converted on load). Everything else is ``DefaultPredictor``'s: a BGR
 uint8 ``(H, W, 3)`` image in, ``{"instances": ...}`` out in the image's coordinates,
 ``INPUT.FORMAT`` honoured. The speed-ups ``MODEL.GCNET`` switches on are applied
-(:func:`gcnet_d2.fast.apply`).
+(:func:`gcnet_d2.fast.apply`). ``TEST.PRECISION: bf16`` runs the detector under bfloat16
+autocast (:mod:`gcnet_d2.precision`; its outputs stay float32).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from . import fast
+from . import fast, precision
 from .checkpoint import GCNetCheckpointer
 from .data.transforms import build_gcnet_augmentations
 
@@ -43,3 +45,11 @@ class GCNetPredictor(DefaultPredictor):
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+        # "bf16" on a CPU without bfloat16 instructions: one warning, "fp32".
+        self.precision = precision.resolve_precision(cfg.TEST.PRECISION, cfg.MODEL.DEVICE)
+
+    def __call__(self, original_image: np.ndarray) -> dict:
+        """``DefaultPredictor.__call__`` in ``TEST.PRECISION``; every float output float32."""
+        with precision.inference_precision(self.model, self.precision, self.cfg.MODEL.DEVICE):
+            predictions = super().__call__(original_image)
+        return precision.float32_outputs(predictions)

@@ -42,6 +42,11 @@ def pool_projected(
     a softmax) and the context is ``weight @ pool(h) + bias``. The bottleneck's ``h`` has
     a quarter of the output's channels, so this reads a quarter of the bytes.
     """
+    if torch.is_autocast_enabled(h.device.type):
+        # float32, as the plain block's attention (gcnet_d2.layers.context_block)
+        with torch.autocast(h.device.type, enabled=False):
+            f32 = None if bias is None else bias.float()
+            return pool_projected(block, h.float(), weight.float(), f32)
     if block.pooling == "att":
         mask = block.conv_mask.weight.reshape(1, -1).to(weight.dtype)
         pooled = attention_pool(h, torch.mm(mask, weight).reshape(-1), block.conv_mask.bias)

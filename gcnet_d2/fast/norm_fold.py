@@ -60,7 +60,7 @@ class NormFoldingConv2d(Conv2d):
             and self.norm is not None
             and not self.training
             and has_frozen_affine(self.norm, self.training)
-            and x.dtype == self.weight.dtype
+            and (x.dtype == self.weight.dtype or torch.is_autocast_enabled(x.device.type))
             and not torch.jit.is_scripting()
         )
 

@@ -116,6 +116,10 @@ class ParallelROIAlign(ROIAlign):
             or rois.shape[0] < 2 * MIN_BOXES_PER_THREAD
         ):
             return super().forward(input, rois)
+        if input.dtype not in (torch.float32, torch.float64):
+            # torchvision's CPU kernels are float32 / float64 only; its autocast rule, which
+            # casts to float32, does not reach the worker threads.
+            return self.forward(input.float(), rois).to(input.dtype)
         sizes = self._balanced_sizes(rois, min(threads, rois.shape[0] // MIN_BOXES_PER_THREAD))
         if torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad):
             return _ParallelROIAlignFunction.apply(input, rois.to(dtype=input.dtype), self, sizes)

@@ -99,6 +99,11 @@ class ContextBlock(nn.Module):
         n, c, h, w = x.shape
         if self.pooling == "avg":
             return F.adaptive_avg_pool2d(x, 1)
+        if torch.is_autocast_enabled(x.device.type):
+            # The attention over H*W in float32: a peaked attention pooled in bfloat16 puts the
+            # context ~9x further from float32's than bfloat16 rounding does (docs/precision.md).
+            with torch.autocast(x.device.type, enabled=False):
+                return self.spatial_pool(x.float()).to(x.dtype)
         mask = self.conv_mask(x).reshape(n, 1, h * w).softmax(dim=2)  # N x 1 x HW
         context = torch.matmul(x.reshape(n, 1, c, h * w), mask.reshape(n, 1, h * w, 1))
         return context.view(n, c, 1, 1)  # [N, C, 1, 1]

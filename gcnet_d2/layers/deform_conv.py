@@ -4,7 +4,8 @@ mmcv's ``DeformConv2dPack`` owns its offset predictor as ``conv_offset`` (a plai
 initialised so a fresh layer samples the regular grid) and a bias-free ``weight``. This module
 keeps those names, plus detectron2's optional ``norm`` attribute, so it slots into detectron2's
 bottleneck in place of ``conv2`` and loads mmdetection's ``conv2.conv_offset`` keys directly.
-Runs forward and backward on CPU and CUDA, with ResNeXt groups and offset groups.
+Runs forward and backward on CPU and CUDA, with ResNeXt groups and offset groups; under
+autocast in float32.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class DeformConv2dWithOffset(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # float32: torchvision's CPU deform_conv2d has no bfloat16 / float16 kernel, and the
+            # offsets are sampling coordinates (docs/precision.md).
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.to(self.weight.dtype)).to(x.dtype)
         offset = self.conv_offset(x)
         out = deform_conv2d(
             x,

@@ -26,6 +26,7 @@ CHECKED_KEYS = {
     "SOLVER.WARMUP_METHOD", "SOLVER.WARMUP_FACTOR", "SOLVER.WARMUP_ITERS",
     # one by one (LAZY_TO_YAML)
     "SOLVER.IMS_PER_BATCH", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.AMP.ENABLED", "TEST.EVAL_PERIOD",
+    "TEST.PRECISION",
     "TEST.DETECTIONS_PER_IMAGE", "DATASETS.TRAIN", "DATASETS.TEST",
     "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "DATALOADER.ASPECT_RATIO_GROUPING",
     "DATALOADER.NUM_WORKERS", "OUTPUT_DIR", "SEED", "VERSION",
@@ -44,6 +45,7 @@ LAZY_TO_YAML = {
     "train.device": "MODEL.DEVICE",
     "train.seed": "SEED",
     "train.amp.enabled": "SOLVER.AMP.ENABLED",
+    "train.eval_precision": "TEST.PRECISION",
     "train.output_dir": "OUTPUT_DIR",
     "dataloader.train.total_batch_size": "SOLVER.IMS_PER_BATCH",
     "dataloader.train.dataset.names": "DATASETS.TRAIN",
