@@ -77,7 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for case in CASES:
-            print(f"{case} (group timeout {args.timeout:g} s): {measure(case, args.timeout, folder)}")
+            result = measure(case, args.timeout, folder)
+            print(f"{case} (group timeout {args.timeout:g} s): {result}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ exact resume (issue 28; docs/clusters.md, "Time limits and preemption").
 
 On one host with gloo, the tiny quick-start model, 4 iterations, one image per process:
 
-- two ``srun`` tasks of SLURM job 4242 get SIGUSR1 (as ``--signal=USR1@T`` or ``scancel
-  --signal=USR1`` sends it to every task) at a random iteration: both stop at the same
+- two ``srun`` tasks of SLURM job 4242, at a random iteration: rank 0 waits after it while
+  rank 1, waiting for rank 0 inside the next iteration's collectives, gets SIGUSR1 (SLURM's
+  ``--signal=USR1@T`` and ``scancel --signal=USR1`` send it to every task; one rank getting it
+  is the harder case: only the ranks' agreement can stop rank 0). Both stop after the same
   iteration, one checkpoint is written, a stand-in ``scontrol`` on PATH records exactly one
   ``requeue 4242``, both exit 0; the requeued job (``SLURM_RESTART_COUNT=1``, no ``--resume``)
   ends with the uninterrupted run's weights (the session's shared reference, bit for bit);
@@ -96,31 +98,27 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
     at = random.Random(seed).randrange(MAX_ITER - 2)  # the signal comes after this iteration
     stop = at + 1  # ... and every rank stops at the next boundary
     print(f"seed {seed}: SIGUSR1 after iteration {at}")
-    out, ready = tmp_path / "out", tmp_path / "ready"
+    out, ready, go = tmp_path / "out", tmp_path / "ready", tmp_path / "go"
     scontrol = stand_in_scontrol(tmp_path)
     port = free_port()
+    probe = {"GCNET_TEST_SIGNAL_AT": str(at), "GCNET_TEST_READY": str(ready),
+             "GCNET_TEST_GO": str(go)}  # fmt: skip
     procs = [
         children.start(
             f"task{task}",
             [PYTHON, *train_argv(HOOKED, out)],
-            srun_env(
-                task,
-                port,
-                synth,
-                GCNET_TEST_SIGNAL_AT=str(at),
-                GCNET_TEST_READY=str(ready),
-                **scontrol,
-            ),
-        )  # fmt: skip
+            srun_env(task, port, synth, **probe, **scontrol),
+        )
         for task in (0, 1)
     ]
-    wait_for(ready, procs, children)
+    wait_for(ready, procs, children)  # rank 0 waits after iteration `at`
     sent = time.monotonic()
-    for proc in procs:  # SLURM signals every task of the step
-        os.kill(proc.pid, signal.SIGUSR1)
+    os.kill(procs[1].pid, signal.SIGUSR1)  # rank 1 only, inside iteration `at + 1`
+    time.sleep(0.5)
+    go.touch()  # rank 0 goes on, without a signal of its own
     codes = [children.wait(proc, 120) for proc in procs]
     took = time.monotonic() - sent
-    print(f"SIGUSR1 to exit of both tasks: {took:.1f} s")
+    print(f"SIGUSR1 to exit of both tasks: {took:.1f} s (0.5 s of it before 'go')")
     assert codes == [0, 0], [children.tail(p) for p in procs]
 
     checkpoint = out / f"model_{stop:07d}.pth"

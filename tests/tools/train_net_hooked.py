@@ -4,8 +4,9 @@
   checkpointing included) touch ``path`` and block, waiting to be killed by the test.
 - ``GCNET_TEST_SIGNAL_AT=N`` (on rank ``GCNET_TEST_SIGNAL_RANK``, default 0) and
   ``GCNET_TEST_READY=path``: after iteration N touch ``path`` and wait until this process has
-  received a stop signal (SIGUSR1 / SIGTERM), then go on; ``GCNET_TEST_SIGNAL_IN_EVAL=1``:
-  the same inside the first evaluation. Not in a restarted job (``SLURM_RESTART_COUNT``).
+  received a stop signal (SIGUSR1 / SIGTERM) or ``GCNET_TEST_GO`` names a file that exists,
+  then go on; ``GCNET_TEST_SIGNAL_IN_EVAL=1``: the same inside the first evaluation. Not in a
+  restarted job (``SLURM_RESTART_COUNT``).
 - ``GCNET_TEST_DUMP_BN=1``: after training, every process saves the running statistics of its
   batch-norm layers to ``OUTPUT_DIR/bn_rank{rank}.pt`` (with the layer type names).
 
@@ -42,9 +43,11 @@ class PauseAfter(HookBase):
 
 
 def wait_for_a_signal() -> None:
-    """Touch GCNET_TEST_READY, then wait (in Python, so the handler runs) for a stop signal."""
+    """Touch GCNET_TEST_READY, then wait (in Python, so the handler runs) for a stop signal
+    or the GCNET_TEST_GO file."""
     open(os.environ["GCNET_TEST_READY"], "w").close()
-    while not signals.received():
+    go = os.environ.get("GCNET_TEST_GO")
+    while not signals.received() and not (go and os.path.exists(go)):
         time.sleep(0.02)
 
 
