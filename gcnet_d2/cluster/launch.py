@@ -39,41 +39,26 @@ __all__ = ["add_cluster_arguments", "continue_command", "launch", "run"]
 
 
 #: Process-group timeout: how long a collective may wait for a *live* peer (rank 0 evaluating
-#: COCO while the others wait at the barrier, a slow checkpoint write). Lost peers are found by
-#: the heartbeats (``--peer-timeout``), not by this.
+#: COCO while the others wait at the barrier). Lost peers are found by the heartbeats.
 DEFAULT_DIST_TIMEOUT_MINUTES = 30.0
-#: Seconds without a heartbeat after which a peer counts as lost (a few seconds once a
-#: collective has failed, see :mod:`.peers`).
+#: Seconds without a heartbeat after which a peer is lost (5 s once a collective failed).
 DEFAULT_PEER_TIMEOUT_S = 30.0
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--dist-timeout``, ``--peer-timeout`` and ``--checkpoint-minutes`` to detectron2's
+    """Add ``--checkpoint-minutes``, ``--dist-timeout`` and ``--peer-timeout`` to detectron2's
     argument parser."""
-    parser.add_argument(
-        "--checkpoint-minutes",
-        type=float,
-        default=0.0,
-        metavar="MINUTES",
-        help="also checkpoint once this many minutes have passed since the last checkpoint "
-        "(0: only every SOLVER.CHECKPOINT_PERIOD / train.checkpointer.period iterations)",
-    )
-    parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_DIST_TIMEOUT_MINUTES,
-        metavar="MINUTES",
-        help="process-group timeout: the longest a collective waits for a live peer "
-        f"(default {DEFAULT_DIST_TIMEOUT_MINUTES:g})",
-    )
-    parser.add_argument(
-        "--peer-timeout",
-        type=float,
-        default=DEFAULT_PEER_TIMEOUT_S,
-        metavar="SECONDS",
-        help="a peer without a heartbeat for this long is lost and the run stops "
-        f"(default {DEFAULT_PEER_TIMEOUT_S:g}; 5 s once a collective has failed)",
-    )
+    for flag, default, unit, text in (
+        ("--checkpoint-minutes", 0.0, "MINUTES", "also checkpoint once this many minutes have "
+         "passed since the last checkpoint (0: only every SOLVER.CHECKPOINT_PERIOD / "
+         "train.checkpointer.period iterations)"),
+        ("--dist-timeout", DEFAULT_DIST_TIMEOUT_MINUTES, "MINUTES", "process-group timeout: "
+         "the longest a collective waits for a live peer (default %(default)g)"),
+        ("--peer-timeout", DEFAULT_PEER_TIMEOUT_S, "SECONDS", "a peer without a heartbeat for "
+         "this long is lost and the run stops (default %(default)g; 5 s once a collective "
+         "has failed)"),
+    ):  # fmt: skip
+        parser.add_argument(flag, type=float, default=default, metavar=unit, help=text)
     return parser
 
 
@@ -251,9 +236,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _store_address(dist_url: str) -> tuple[str, int] | None:
+def _store_address(dist_url: str) -> tuple[str | None, int | None]:
     m = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)/?", dist_url or "")
-    return (m.group(1), int(m.group(2))) if m else None
+    return (m.group(1), int(m.group(2))) if m else (None, None)
 
 
 def launch(
@@ -287,17 +272,10 @@ def launch(
         _check_flags(env, num_gpus_per_machine, num_machines)
         if env.world_size == 1:
             return main_func(*args)
-        store_host, store_port = _join(env, timeout, program)
-        config = peers.WatchConfig(
-            program=program,
-            peer_timeout=peer_timeout,
-            continue_command=continue_command(env, env.num_machines),
-            store_host=store_host,
-            store_port=store_port,
-            local_world_size=env.local_world_size,
-            finish_timeout=timeout.total_seconds(),
-        )
-        return peers.supervise(main_func, config, *args)
+        store = _join(env, timeout, program)
+        command = continue_command(env, env.num_machines)
+        watch = peers.WatchConfig(program, peer_timeout, command, *store, env.local_world_size)
+        return peers.supervise(main_func, watch, *args)
 
     if one_task_per_node:  # each SLURM task is one machine that spawns its processes
         assert env is not None
@@ -316,20 +294,13 @@ def launch(
         if num_machines != 1:
             raise LaunchError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    store = _store_address(dist_url)
-    config = peers.WatchConfig(
-        program=program,
-        peer_timeout=peer_timeout,
-        continue_command=continue_command(env if one_task_per_node else None, num_machines),
-        store_host=store[0] if store else None,
-        store_port=store[1] if store else None,
-        local_world_size=num_gpus_per_machine,
-        finish_timeout=timeout.total_seconds(),
-    )
+    command = continue_command(env if one_task_per_node else None, num_machines)
+    store = _store_address(dist_url)  # (None, None): file:// init, nothing to watch through
+    watch = peers.WatchConfig(program, peer_timeout, command, *store, num_gpus_per_machine)
     signals.install("forward")  # the spawned workers stop at an iteration boundary
     try:
         return d2_launch(
-            functools.partial(peers.supervise, main_func, config),
+            functools.partial(peers.supervise, main_func, watch),
             num_gpus_per_machine,
             num_machines=num_machines,
             machine_rank=machine_rank,

@@ -23,7 +23,6 @@ for a lost one. With ``--dist-url file://`` (no TCP store) nothing is watched.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch.distributed as dist
 from detectron2.utils import comm
@@ -63,17 +62,17 @@ SUSPECT_TIMEOUT_S = 5.0
 CHECKPOINT_GRACE_S = 20.0
 #: The longest rank 0 waits for the others to read its verdict before it exits.
 VERDICT_ACK_S = 3.0
+#: The longest rank 0, done, waits for the others to be done (it hosts the store).
+FINISH_TIMEOUT_S = 1800.0
 
 
-@dataclasses.dataclass(frozen=True)
-class WatchConfig:
+class WatchConfig(NamedTuple):
     program: str
     peer_timeout: float
     continue_command: str
     store_host: str | None
     store_port: int | None
     local_world_size: int
-    finish_timeout: float = 1800.0
 
 
 # --- what the report says: iteration and checkpoint -----------------------------------------
@@ -137,38 +136,26 @@ def is_communication_error(e: BaseException) -> bool:
 # --- verdicts ---------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     kind: str  # "lost" or "failed"
     ranks: tuple[int, ...]
     detail: str
     hosts: tuple[str, ...] = ()
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
 
-    @classmethod
-    def from_json(cls, text: str) -> Verdict:
-        d = json.loads(text)
-        return cls(d["kind"], tuple(d["ranks"]), d["detail"], tuple(d.get("hosts", ())))
-
-
-def _rank_list(ranks: tuple[int, ...]) -> str:
-    if len(ranks) == 1:
-        return f"rank {ranks[0]}"
-    if list(ranks) == list(range(ranks[0], ranks[-1] + 1)):
-        return f"ranks {ranks[0]}-{ranks[-1]}"
-    return "ranks " + ", ".join(map(str, ranks))
+def _listed(word: str, items: list) -> str:
+    """``rank 3`` / ``ranks 3, 5``."""
+    return f"{word}{'s' if len(items) > 1 else ''} {', '.join(map(str, items))}"
 
 
 def _who(verdict: Verdict, local_world_size: int) -> str:
     machines = sorted({r // max(1, local_world_size) for r in verdict.ranks})
-    where = [("machine " if len(machines) == 1 else "machines ") + ", ".join(map(str, machines))]
+    where = [_listed("machine", machines)]
     hosts = sorted({h for h in verdict.hosts if h})
     if hosts:
-        where.append(("host " if len(hosts) == 1 else "hosts ") + ", ".join(hosts))
+        where.append(_listed("host", hosts))
     master = "the master, " if 0 in verdict.ranks else ""
-    return f"{_rank_list(verdict.ranks)} ({master}{', '.join(where)})"
+    return f"{_listed('rank', list(verdict.ranks))} ({master}{', '.join(where)})"
 
 
 # --- the watch ------------------------------------------------------------------------------
@@ -304,7 +291,7 @@ class PeerWatch:
 
     def _check(self, now: float, starved: bool) -> Verdict | None:
         if self._call("check", ["verdict"]):
-            verdict = Verdict.from_json(self._call("get", "verdict").decode())
+            verdict = Verdict(*json.loads(self._call("get", "verdict")))
             self._call("add", "verdict_ack", 1)
             return verdict
         if 0 in self._finished:
@@ -329,7 +316,7 @@ class PeerWatch:
         gone = set(verdict.ranks) | self._finished
         survivors = len([r for r in range(1, self.world_size) if r not in gone])
         with contextlib.suppress(Exception):
-            self._call("set", "verdict", verdict.to_json())
+            self._call("set", "verdict", json.dumps(verdict))
             deadline = time.monotonic() + VERDICT_ACK_S
             while time.monotonic() < deadline and int(self._call("add", "verdict_ack", 0)) < (
                 survivors
@@ -414,7 +401,7 @@ class PeerWatch:
             self._call("set", f"state/{self.rank}", "done")
         if self.rank == 0:
             keys = [f"state/{r}" for r in range(1, self.world_size)]
-            deadline = time.monotonic() + self.config.finish_timeout
+            deadline = time.monotonic() + FINISH_TIMEOUT_S
             while time.monotonic() < deadline and not self._verdict_ready.is_set():
                 try:
                     if self._call("check", keys) and all(
