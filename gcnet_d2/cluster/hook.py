@@ -58,6 +58,7 @@ class ClusterHook(HookBase):
         self.file_prefix = file_prefix
         self._last = time.monotonic()
         self._group = None
+        self._stopped = False
 
     def before_train(self) -> None:
         signals.install("note")
@@ -75,7 +76,8 @@ class ClusterHook(HookBase):
     def after_train(self) -> None:
         # detectron2 leaves iter == max_iter after a complete loop, < max_iter after a stop
         peers.progress.finished = self.trainer.iter >= self.trainer.max_iter
-        signals.install("default")  # the final evaluation: a signal ends it at once
+        if not self._stopped:  # the final evaluation: a signal ends it at once
+            signals.install("default")
 
     def _agree(self, sig: int, due: bool) -> tuple[int, bool]:
         if comm.get_world_size() == 1:
@@ -107,7 +109,9 @@ class ClusterHook(HookBase):
             self._stop(signal.Signals(sig), it, os.path.join(self.output_dir, f"{name}.pth"))
 
     def _stop(self, sig: signal.Signals, it: int, checkpoint: str) -> None:
-        signals.install("ignore")  # saved: a requeue's own SIGTERM must not kill us mid-exit
+        # Saved: from here to the exit, signals (SLURM's SIGTERM after the requeue) are ignored.
+        self._stopped = True
+        signals.install("ignore")
         job = os.environ.get("SLURM_JOB_ID")
         requeue = sig == signal.SIGUSR1 and bool(job)
         program, rank = os.path.basename(sys.argv[0]), comm.get_rank()
