@@ -11,7 +11,8 @@
 Started by torchrun or inside an ``srun`` step, each process joins the launcher's group
 instead of spawning; a lost peer stops the others with one line; ``--resume`` may always be
 passed and a restarted job resumes by itself; ``--checkpoint-minutes M`` adds time-based
-checkpoints (:mod:`gcnet_d2.launch`, docs/clusters.md).
+checkpoints; SIGUSR1 / SIGTERM stop at a checkpoint (SLURM: SIGUSR1 requeues the job)
+(:mod:`gcnet_d2.cluster`, docs/clusters.md).
 
 Trailing ``key=value`` arguments override the config. Without CUDA the model runs on the CPU
 (``train.device`` becomes ``cpu``). Checkpoints load through :class:`GCNetCheckpointer`, so
@@ -49,12 +50,10 @@ import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datase
 from gcnet_d2 import fast, precision
 from gcnet_d2.amp import AutocastTrainer
 from gcnet_d2.checkpoint import GCNetCheckpointer
+from gcnet_d2.cluster import ClusterHook, add_cluster_arguments, run
 from gcnet_d2.data import ensure_synthetic_generated
 from gcnet_d2.engine import create_ddp_model, write_results
 from gcnet_d2.errors import ConfigError, LaunchError
-from gcnet_d2.launch import add_cluster_arguments, launch_from_args
-from gcnet_d2.peers import ProgressHook
-from gcnet_d2.resume import CheckpointSync
 
 logger = logging.getLogger("gcnet_d2")
 
@@ -173,12 +172,12 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> OrderedDict:
 
     trainer.register_hooks(
         [
-            ProgressHook(cfg.train.output_dir),
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            CheckpointSync(
+            ClusterHook(
                 checkpointer if comm.is_main_process() else None,
                 cfg.train.checkpointer.period,
+                cfg.train.output_dir,
                 getattr(args, "checkpoint_minutes", 0.0),
             ),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
@@ -228,7 +227,7 @@ def cli(argv: list[str] | None = None) -> None:
         print(f"lazy_train_net.py: error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_OVERRIDE)
     try:
-        launch_from_args(main, args, "lazy_train_net.py")
+        run(main, args, "lazy_train_net.py")
     except LaunchError as e:
         print(f"lazy_train_net.py: error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_OVERRIDE)

@@ -9,12 +9,14 @@ Same flags as detectron2's tools/train_net.py (``--resume``, ``--num-machines``,
 ``--num-gpus N`` starts N CPU processes over gloo and ``MODEL.DEVICE`` becomes ``cpu``.
 
 Started by torchrun or inside an ``srun`` step, each process joins the launcher's group
-instead of spawning (:mod:`gcnet_d2.launch`; docs/clusters.md). A lost machine or process stops
+instead of spawning (:mod:`gcnet_d2.cluster`; docs/clusters.md). A lost machine or process stops
 the others within a minute with one line naming it, the iteration, the last complete
 checkpoint and the command that continues (exit status 3). ``--resume`` may always be passed
 (nothing to resume: trains from the start), and a restarted job resumes by itself.
 ``--checkpoint-minutes M`` adds time-based checkpoints; ``--peer-timeout`` /
-``--dist-timeout`` set how long a silent peer / a collective may take.
+``--dist-timeout`` set how long a silent peer / a collective may take. SIGUSR1 or SIGTERM
+stops every process at the same iteration after a complete checkpoint; under SLURM a SIGUSR1
+also requeues the job (exit 0), otherwise the exit status is 143.
 
 Configs are read with ``yaml.safe_load`` only and checkpoints without unpickling code. A bad
 config, checkpoint or dataset, or an unwritable OUTPUT_DIR, prints one ``train_net.py: error:``
@@ -37,11 +39,11 @@ from torch.multiprocessing import ProcessExitedException
 
 import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datasets)
 from gcnet_d2.checkpoint import GCNetCheckpointer
+from gcnet_d2.cluster import add_cluster_arguments, run
 from gcnet_d2.config_loading import load_config
 from gcnet_d2.engine import GCNetTrainer, write_results
 from gcnet_d2.errors import KNOWN_ERRORS, one_line, quiet_known_errors
 from gcnet_d2.io import check_output_dir
-from gcnet_d2.launch import add_cluster_arguments, launch_from_args
 
 EXIT_KNOWN_ERROR = 2
 
@@ -96,7 +98,7 @@ def cli(argv: list[str] | None = None) -> None:
     args = add_cluster_arguments(default_argument_parser()).parse_args(argv)
     print("Command Line Args:", args)
     try:
-        launch_from_args(main_or_exit, args, "train_net.py")
+        run(main_or_exit, args, "train_net.py")
     except KNOWN_ERRORS as e:  # the launcher's environment or flags (LaunchError)
         print(f"train_net.py: error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_KNOWN_ERROR)

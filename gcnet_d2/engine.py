@@ -6,7 +6,8 @@ Six things differ from ``DefaultTrainer``:
   (:mod:`gcnet_d2.data.mapper`);
 - data loading is checked (:mod:`gcnet_d2.data.loaders`: errors name the file, broken images can
   be skipped with ``GCNET_DATA.SKIP_BAD_IMAGES``) and resumable: checkpoints also hold the data
-  position and RNG states, so ``--resume`` continues the run it resumes (:mod:`gcnet_d2.resume`);
+  position and RNG states, so ``--resume`` continues the run it resumes
+  (:mod:`gcnet_d2.checkpoint.training_state`);
 - checkpoints go through :class:`~gcnet_d2.checkpoint.GCNetCheckpointer` (safe loading,
   mmdetection checkpoints accepted as ``MODEL.WEIGHTS``);
 - evaluation uses ``COCOEvaluator`` (which falls back to pycocotools' COCOeval by itself when
@@ -18,9 +19,9 @@ Six things differ from ``DefaultTrainer``:
 - with several CPU processes (gloo), the model is wrapped in DistributedDataParallel without
   ``device_ids`` (detectron2 passes the local rank, which torch accepts for CUDA modules only);
   a CUDA model gets the device it is on (the local rank's, or the only one a launcher gave);
-- every process records its progress for the lost-peer report (:mod:`gcnet_d2.peers`), and
-  checkpoints carry every process's RNG state and may also be written every
-  ``checkpoint_minutes`` (:class:`gcnet_d2.resume.CheckpointSync`).
+- the cluster code's hook (:class:`gcnet_d2.cluster.ClusterHook`) runs in every process:
+  progress for the lost-peer report, every process's RNG state in each checkpoint, a
+  checkpoint every ``checkpoint_minutes``, and a clean stop on SIGUSR1 / SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from torch import nn
 
-from . import fast, precision, resume
+from . import fast, precision
 from .amp import AutocastTrainer
-from .checkpoint import GCNetCheckpointer
+from .checkpoint import GCNetCheckpointer, training_state
+from .cluster import ClusterHook
 from .data import ensure_synthetic_generated, loaders
 from .data.mapper import build_gcnet_mapper
 from .io import atomic_write_text
-from .peers import ProgressHook
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class GCNetTrainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode, checkpoint_minutes: float = 0.0) -> None:
         """``checkpoint_minutes > 0``: also checkpoint once that many minutes have passed since
-        the last checkpoint (``--checkpoint-minutes``; :class:`gcnet_d2.resume.CheckpointSync`)."""
+        the last checkpoint (``--checkpoint-minutes``; :class:`gcnet_d2.cluster.ClusterHook`)."""
         self.checkpoint_minutes = float(checkpoint_minutes or 0.0)
         with _gcnet_trainer_parts():
             super().__init__(cfg)
@@ -106,26 +107,27 @@ class GCNetTrainer(DefaultTrainer):
         return loaders.build_test_loader(cfg, dataset_name, mapper=mapper)
 
     def build_hooks(self) -> list[HookBase | None]:
-        """detectron2's hooks, with :class:`CheckpointSync` just before the checkpointer (in
-        every process) and the progress record for the lost-peer report first."""
+        """detectron2's hooks, with :class:`ClusterHook` just before the checkpointer (in every
+        process)."""
         ret = super().build_hooks()
         at = next(
             i
             for i, h in enumerate(ret)
             if isinstance(h, hooks.PeriodicCheckpointer | hooks.EvalHook)
         )
-        sync = resume.CheckpointSync(
+        cluster = ClusterHook(
             self.checkpointer if comm.is_main_process() else None,
             self.cfg.SOLVER.CHECKPOINT_PERIOD,
+            self.cfg.OUTPUT_DIR,
             getattr(self, "checkpoint_minutes", 0.0),
         )
-        return [ProgressHook(self.cfg.OUTPUT_DIR), *ret[:at], sync, *ret[at:]]
+        return [*ret[:at], cluster, *ret[at:]]
 
-    # Resume state beyond detectron2's (data position, RNGs): see gcnet_d2.resume.
+    # Resume state beyond detectron2's (data position, RNGs): see checkpoint.training_state.
     def state_dict(self) -> dict:
         ret = super().state_dict()
         sampler = getattr(self._trainer.data_loader, "resumable_sampler", None)
-        ret["gcnet_resume"] = resume.capture_training_state(sampler)
+        ret["gcnet_resume"] = training_state.capture_training_state(sampler)
         gathered = getattr(self, "rank_rng_states", None)
         if gathered is not None and gathered["iteration"] == self.iter:
             ret["gcnet_resume"]["rng_per_rank"] = gathered["states"]
@@ -133,7 +135,7 @@ class GCNetTrainer(DefaultTrainer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        resume.restore_training_state(
+        training_state.restore_training_state(
             state_dict.get("gcnet_resume"),
             getattr(self._trainer.data_loader, "resumable_sampler", None),
             iterations_done=self.iter + 1,
@@ -145,12 +147,12 @@ class GCNetTrainer(DefaultTrainer):
     def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None):  # noqa: ANN001, ANN206
         # Evaluation leaves the RNGs as it found them (its data loader draws a seed), so a
         # periodic evaluation after a checkpoint does not make a resumed run diverge.
-        rng = resume.capture_rng_state()
+        rng = training_state.capture_rng_state()
         try:
             with _evaluation_precision(cfg, model):
                 return super().test(cfg, model, evaluators)
         finally:
-            resume.restore_rng_state(rng)
+            training_state.restore_rng_state(rng)
 
     @classmethod
     def build_evaluator(

@@ -3,8 +3,11 @@ accepts mmdetection checkpoints and ImageNet backbones directly (converted on lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlparse
 
@@ -12,7 +15,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..errors import CheckpointLoadError
 from ..io import atomic_torch_save, atomic_write_text
-from ..peers import checkpoint_write
 from .safe_load import load_checkpoint_file
 from .state_dict_conversion import LAYOUT_BACKBONE, LAYOUT_D2, convert_state_dict
 
@@ -25,6 +27,9 @@ class GCNetCheckpointer(DetectionCheckpointer):
     ImageNet backbones, checking the architecture and reporting what it converted."""
 
     _expected_new: frozenset[str] = frozenset()
+    #: Held around each write; the trainer may hand in a lock that a process stopping for a
+    #: lost peer takes to let a write finish first (:class:`gcnet_d2.cluster.ClusterHook`).
+    write_guard: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
 
     # --- safe reading (.safe_load), atomic writing (gcnet_d2.io) ----------------------------
 
@@ -55,8 +60,7 @@ class GCNetCheckpointer(DetectionCheckpointer):
         if os.path.basename(save_file) != basename:
             raise ValueError(f"checkpoint name {name!r} must not contain a path separator")
         self.logger.info(f"Saving checkpoint to {save_file}")
-        # A process stopping for a lost peer lets this write finish first (gcnet_d2.peers).
-        with checkpoint_write():
+        with self.write_guard():
             atomic_torch_save(data, save_file)
             self.tag_last_checkpoint(basename)
 

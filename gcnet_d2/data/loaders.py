@@ -7,7 +7,7 @@
   size disagrees with the ``height``/``width`` of its annotation, raises a DatasetError naming
   the file; with ``GCNET_DATA.SKIP_BAD_IMAGES`` training skips it instead (logged once,
   counted; detectron2's ``MapDataset`` then takes another image). Evaluation never skips;
-- a resumable training sampler (:class:`~gcnet_d2.resume.ResumableSampler`) with its own
+- a resumable training sampler (:class:`~gcnet_d2.data.samplers.ResumableSampler`) with its own
   seeded generator.
 
 Images without annotations, grayscale, palette, RGBA and 16-bit images work (detectron2
@@ -35,8 +35,8 @@ from detectron2.utils import comm
 from PIL import Image
 
 from ..errors import DatasetError
-from ..resume import ResumableSampler
 from .filtering import DATASET_FILTERS, filter_like_mmdet
+from .samplers import ResumableSampler
 from .validation import SKIP_HINT, check_records, load_dataset_dicts
 
 __all__ = ["RobustMapper", "build_test_loader", "build_train_loader"]
@@ -128,7 +128,7 @@ def build_train_loader(cfg: CfgNode, mapper: Callable[[dict], Any] | None = None
     """detectron2's training loader with checked data and a resumable sampler.
 
     The sampler is detectron2's choice (``DATALOADER.SAMPLER_TRAIN``) wrapped in a
-    :class:`~gcnet_d2.resume.ResumableSampler`, reachable as ``loader.resumable_sampler``.
+    :class:`~gcnet_d2.data.samplers.ResumableSampler`, reachable as ``loader.resumable_sampler``.
     The loader has its own seeded generator, so building or iterating it does not draw from
     torch's global RNG (which a resumed run restores from the checkpoint).
     """

@@ -11,7 +11,7 @@ Measured as a cluster user would, on one host (127.0.0.1, gloo, the tiny quick-s
   machines ends with the reference weights;
 - ``torchrun --max-restarts 1``: a worker SIGKILLed after the checkpoint of iteration 1 makes
   torchrun restart the group, which resumes by itself and ends with the reference weights;
-- :func:`gcnet_d2.launch.launch` under torchrun and a simulated ``srun`` step gives
+- :func:`gcnet_d2.cluster.launch.launch` under torchrun and a simulated ``srun`` step gives
   detectron2's comm helpers the right ranks, sizes and local groups; the heartbeats find a
   peer lost while nobody is in a collective, wait for a checkpoint being written, name the
   master when it is the one lost, and take no process that merely finished first for lost.
@@ -21,146 +21,41 @@ Every child runs in its own session with a timeout and is killed with its group 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from gcnet_d2.checkpoint import load_checkpoint_file
-from gcnet_d2.errors import LaunchError
-from gcnet_d2.launch import (
+from gcnet_d2.cluster.environment import (
     LauncherEnv,
-    _with_resume,
     detect_launcher,
     expand_nodelist,
-    launch,
     restarted,
     slurm_default_port,
 )
-from gcnet_d2.peers import EXIT_PEER_STOPPED, is_communication_error
-from tests.testing import (
-    LAZY_ROW,
-    LAZY_TINY_OPTS,
-    PYTHON,
-    QUICKSTART,
-    REPO,
-    TINY_OPTS,
-    free_port,
-    python_env,
-    synthetic_root,
+from gcnet_d2.cluster.launch import _with_resume, launch
+from gcnet_d2.cluster.peers import EXIT_PEER_STOPPED, is_communication_error
+from gcnet_d2.errors import LaunchError
+from tests.testing import LAZY_ROW, LAZY_TINY_OPTS, PYTHON, REPO, free_port
+from tests.tools.cluster_runs import (
+    MAX_ITER,
+    TORCHRUN,
+    Children,
+    assert_same_weights,
+    child_env,
+    last_line,
+    srun_env,
+    train_argv,
+    weights,
 )
-
-MAX_ITER = 4
-TRAIN_OPTS = [
-    "SOLVER.MAX_ITER", str(MAX_ITER),
-    "SOLVER.CHECKPOINT_PERIOD", "2",  # checkpoints after iterations 1 and 3 (0-based)
-    "SOLVER.IMS_PER_BATCH", "2",  # one image per process
-    "DATASETS.TEST", "()",
-    "SEED", "7",
-    *TINY_OPTS,
-]  # fmt: skip
-TORCHRUN = [PYTHON, "-m", "torch.distributed.run"]
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
-
-
-# --------------------------------------------------------------------------------------------
-# child processes: own session, bounded, killed with their group
-# --------------------------------------------------------------------------------------------
-def child_env(synth: str | None = None, **extra: str) -> dict[str, str]:
-    """The tests' child environment without a launcher's variables from outside."""
-    env = python_env(synth)
-    for key in list(env):
-        if key.startswith(("SLURM_", "TORCHELASTIC_", "GCNET_LAUNCHER")) or key in (
-            *LAUNCHER_VARS,
-            "MASTER_PORT",
-        ):
-            del env[key]
-    env.update(extra)
-    return env
-
-
-class Children:
-    """Started children; whatever is still running at the end is killed with its group."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        out = open(self.folder / f"{name}.out", "w")  # noqa: SIM115 - closed with the child
-        err = open(self.folder / f"{name}.err", "w")  # noqa: SIM115
-        proc = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True
-        )
-        proc.name, proc.files = name, (out, err)  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    def wait(self, proc: subprocess.Popen, timeout: float) -> int:
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(proc)
-            pytest.fail(f"{proc.name} did not end within {timeout} s:\n{self.tail(proc)}")
-
-    def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-
-    def output(self, proc: subprocess.Popen, stream: str = "err") -> str:
-        for f in proc.files:
-            f.flush()
-        return (self.folder / f"{proc.name}.{stream}").read_text(errors="replace")
-
-    def tail(self, proc: subprocess.Popen, n: int = 3000) -> str:
-        return (self.output(proc, "out") + self.output(proc, "err"))[-n:]
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                if proc.name.startswith("torchrun"):  # torchrun stops its workers on SIGTERM
-                    self.kill(proc, signal.SIGTERM)
-                self.kill(proc)
-            for f in proc.files:
-                f.close()
-
-
-@pytest.fixture
-def children(tmp_path: Path) -> Iterator[Children]:
-    kids = Children(tmp_path)
-    try:
-        yield kids
-    finally:
-        kids.close()
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint_file(str(path))["model"]
-
-
-def assert_same_weights(reference: Path, got: Path) -> None:
-    ref, new = weights(reference), weights(got)
-    assert ref.keys() == new.keys()
-    differing = [k for k in ref if not torch.equal(ref[k], new[k])]
-    assert not differing, f"{len(differing)} of {len(ref)} tensors differ, e.g. {differing[:3]}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,15 +156,19 @@ def test_restart_detection_and_continue_command():
 def test_a_restarted_job_resumes(monkeypatch: pytest.MonkeyPatch, capsys):
     import argparse
 
-    from gcnet_d2.launch import resume_if_restarted
+    from gcnet_d2.cluster.resume import resume_policy
 
     args = argparse.Namespace(resume=False, eval_only=False)
-    resume_if_restarted(args, "train_net.py")
-    assert not args.resume
+    assert not resume_policy(args, "train_net.py").resume
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    resume_if_restarted(args, "train_net.py")
-    assert args.resume
+    assert resume_policy(args, "train_net.py").resume
+    assert not args.resume  # the policy decides; the command line's arguments stay as given
     assert "train_net.py: torchrun restart 1" in capsys.readouterr().out
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job
+    assert resume_policy(args, "train_net.py").resume
+    eval_only = argparse.Namespace(resume=False, eval_only=True)
+    assert not resume_policy(eval_only, "train_net.py").resume
 
 
 def test_time_based_checkpoints(monkeypatch: pytest.MonkeyPatch):
@@ -277,19 +176,20 @@ def test_time_based_checkpoints(monkeypatch: pytest.MonkeyPatch):
     named as the periodic ones; the periodic ones restart the clock."""
     from types import SimpleNamespace
 
-    from gcnet_d2 import resume
+    from gcnet_d2.cluster import ClusterHook, hook
 
     clock = [0.0]
-    monkeypatch.setattr(resume.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(hook.time, "monotonic", lambda: clock[0])
     saved = []
     checkpointer = SimpleNamespace(save=lambda name, **kw: saved.append((name, kw)))
-    sync = resume.CheckpointSync(checkpointer, period=5, minutes=2)
+    sync = ClusterHook(checkpointer, period=5, output_dir="out", minutes=2)
     sync.trainer = SimpleNamespace(iter=0, max_iter=20)
     sync.before_train()
     for it, minutes in enumerate([1, 2.5, 3, 4, 5, 6, 6.5, 9]):
         clock[0] = minutes * 60
         sync.trainer.iter = it
         sync.after_step()
+    sync.after_train()  # back to the default signal handlers
     # iteration 1 (2.5 min), 4 is periodic (5 min, not saved here), 7 (9 min >= 5 + 2)
     assert saved == [("model_0000001", {"iteration": 1}), ("model_0000007", {"iteration": 7})]
 
@@ -308,7 +208,7 @@ def test_documented_cluster_commands_parse():
     from detectron2.engine import default_argument_parser
 
     import train_net
-    from gcnet_d2.launch import add_cluster_arguments
+    from gcnet_d2.cluster import add_cluster_arguments
     from tests.testing import documented_commands
 
     doc = (REPO / "docs" / "clusters.md").read_text()
@@ -331,8 +231,8 @@ import json, os, signal, sys, time
 from detectron2.utils import comm
 import torch.distributed as dist
 from torch import nn
-from gcnet_d2 import peers
-from gcnet_d2.launch import launch
+from gcnet_d2.cluster import peers
+from gcnet_d2.cluster.launch import launch
 
 
 def main(mode, out, peer_timeout):
@@ -358,7 +258,9 @@ def main(mode, out, peer_timeout):
                 time.sleep(peer_timeout + 3)
                 real_save(obj, f)
             torch.save = slow_save
-            GCNetCheckpointer(nn.Linear(2, 2), save_dir=out).save("model_0000007")
+            checkpointer = GCNetCheckpointer(nn.Linear(2, 2), save_dir=out)
+            checkpointer.write_guard = peers.checkpoint_write  # as ClusterHook hands it
+            checkpointer.save("model_0000007")
         time.sleep(120)
         sys.exit(5)
     if mode.startswith("late"):  # one process ends well after the other
@@ -384,16 +286,6 @@ def write_probe(folder: Path) -> str:
 
 def read_records(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]
-
-
-def srun_env(task: int, port: int) -> dict[str, str]:
-    """An ``srun`` step's variables for task ``task`` of 2, one task per node; the first host
-    of the nodelist (this one) is the master."""
-    return child_env(
-        SLURM_PROCID=str(task), SLURM_LOCALID="0", SLURM_NODEID=str(task), SLURM_NTASKS="2",
-        SLURM_STEP_NUM_TASKS="2", SLURM_STEP_TASKS_PER_NODE="1(x2)",
-        SLURM_STEP_NODELIST="localhost,gpu[02]", SLURM_JOB_ID="4242", MASTER_PORT=str(port),
-    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -531,30 +423,6 @@ def write_train_probe(folder: Path) -> str:
     return str(path)
 
 
-def train_argv(script: str, out: Path, *flags: str) -> list[str]:
-    return [script, *flags, "--config-file", QUICKSTART, *TRAIN_OPTS, "OUTPUT_DIR", str(out)]
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return synthetic_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, synth: str) -> Path:
-    """One uninterrupted ``--num-gpus 2`` run; its final weights are what every test expects."""
-    out = tmp_path_factory.mktemp("reference")
-    url = f"tcp://127.0.0.1:{free_port()}"  # not "auto": a port no other xdist worker takes
-    argv = [PYTHON, *train_argv("train_net.py", out, "--num-gpus", "2", "--dist-url", url)]
-    kids = Children(out)
-    try:
-        proc = kids.start("reference", argv, child_env(synth))
-        assert kids.wait(proc, 300) == 0, kids.tail(proc)
-    finally:
-        kids.close()
-    return out / "model_final.pth"
-
-
 def two_machines(
     children: Children, script: str, out: Path, env: list[dict[str, str]], *flags: str
 ) -> list[subprocess.Popen]:
@@ -669,19 +537,21 @@ def test_lost_machine_stops_the_other_with_one_line_then_resume_continues(
         assert weights(path)
     assert not (out / "model_final.pth").exists()
 
-    if victim == 1:  # the reported command on both machines continues to the reference
-        rank_at = argv.index("--machine-rank") + 1
-        url_at = argv.index("--dist-url") + 1
-        argv[url_at] = f"tcp://127.0.0.1:{free_port()}"
-        resumed = []
-        for m in (0, 1):
-            argv[rank_at] = str(m)
-            resumed.append(children.start(f"resumed{m}", list(argv), child_env(synth)))
-        for proc in resumed:
-            assert children.wait(proc, 300) == 0, children.tail(proc)
-        log = (out / "log.txt").read_text()
-        assert "Starting training from iteration 2" in log.rsplit("Command line arguments", 1)[1]
-        assert_same_weights(reference, out / "model_final.pth")
+    # The reported command on both machines continues to the reference, whether the machine
+    # lost was a worker's or the master's (rank 0, which hosted the store and wrote the
+    # checkpoints).
+    rank_at = argv.index("--machine-rank") + 1
+    url_at = argv.index("--dist-url") + 1
+    argv[url_at] = f"tcp://127.0.0.1:{free_port()}"
+    resumed = []
+    for m in (0, 1):
+        argv[rank_at] = str(m)
+        resumed.append(children.start(f"resumed{m}", list(argv), child_env(synth)))
+    for proc in resumed:
+        assert children.wait(proc, 300) == 0, children.tail(proc)
+    log = (out / "log.txt").read_text()
+    assert "Starting training from iteration 2" in log.rsplit("Command line arguments", 1)[1]
+    assert_same_weights(reference, out / "model_final.pth")
 
 
 @pytest.mark.slow

@@ -25,7 +25,8 @@ import torch
 from detectron2.data.samplers import TrainingSampler
 
 from gcnet_d2.checkpoint import load_checkpoint_file
-from gcnet_d2.resume import ResumableSampler, capture_rng_state, restore_rng_state
+from gcnet_d2.checkpoint.training_state import capture_rng_state, restore_rng_state
+from gcnet_d2.data.samplers import ResumableSampler
 from tests.testing import (
     HOOKED,
     PYTHON,

@@ -1,37 +1,12 @@
-"""Starting the training processes: detectron2's own spawning, torchrun, or SLURM's ``srun``.
+"""Starting the training processes: torchrun's, an ``srun`` step's, or detectron2's own.
 
-:func:`launch` is what ``train_net.py`` and ``lazy_train_net.py`` call. It looks at the
-environment first (:func:`~.launcher_env.detect_launcher`):
-
-- **torchrun** (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
-  ``MASTER_ADDR``/``MASTER_PORT``): every process torchrun started joins its group instead
-  of spawning more (through a store of this attempt, whose port rank 0 publishes in
-  torchrun's store: that one keeps the keys of the attempt before a restart);
-- **SLURM** (an ``srun`` step: ``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_STEP_NUM_TASKS``,
-  ``SLURM_STEP_TASKS_PER_NODE``, ``SLURM_STEP_NODELIST``): every task joins a group of all
-  tasks at ``tcp://<first host of the nodelist>:<port>`` (``MASTER_ADDR`` / ``MASTER_PORT``
-  when set; the port is otherwise derived from ``SLURM_JOB_ID``). The nodelist is expanded
-  here (``node[01-03,07]``, ``a[1-2]-b[3-4]``, comma lists), without ``scontrol``. A batch
-  script itself (``SLURM_PROCID=0`` but no ``SLURM_STEP_NUM_TASKS``) is not a step and is
-  ignored. With one task per node and ``--num-gpus N > 1``, each task is one "machine" that
-  spawns N processes itself, as with ``--num-machines``;
-- otherwise detectron2's ``launch`` (``--num-gpus``, ``--num-machines``, ``--machine-rank``,
-  ``--dist-url``), unchanged.
-
-A joined process does what detectron2's spawned workers do: NCCL with CUDA (the local rank's
-GPU, or the only visible one when the launcher gives each task one GPU), gloo on the CPU,
-detectron2's local (per-machine) process group, a barrier. The same config therefore shards
-the data and trains the same way under all three (tested: 2 torchrun processes give
-``--num-gpus 2``'s weights bit for bit). ``GCNET_LAUNCHER=spawn`` ignores the launcher's
-variables.
-
-Every multi-process run is supervised (:mod:`gcnet_d2.peers`): a lost or failed peer stops the
-survivors within a minute (seconds once a collective has failed, ``--peer-timeout`` at most
-otherwise) with one line naming it, the iteration, the last complete checkpoint and the
-command that continues. ``TORCH_NCCL_ASYNC_ERROR_HANDLING``
-defaults to 1, so a collective that times out (``--dist-timeout``) ends the process instead of
-hanging. A restarted job (``TORCHELASTIC_RESTART_COUNT`` or ``SLURM_RESTART_COUNT`` above 0)
-always resumes (:func:`resume_if_restarted`).
+:func:`launch` reads the environment (:func:`.environment.detect_launcher`): under torchrun or
+an ``srun`` step every process joins the launcher's group (NCCL on the local rank's GPU, gloo
+on the CPU, detectron2's per-machine group, a barrier: what detectron2's spawned workers do);
+otherwise detectron2's ``launch`` spawns (``--num-gpus``, ``--num-machines``,
+``--machine-rank``, ``--dist-url``). An ``srun`` step with one task per node and
+``--num-gpus N > 1`` makes each task a machine that spawns N processes. Every multi-process run
+is supervised (:func:`.peers.supervise`). docs/clusters.md has the details.
 """
 
 from __future__ import annotations
@@ -55,68 +30,35 @@ from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
-from . import peers
-from .errors import LaunchError
-from .launcher_env import (
-    LauncherEnv,
-    detect_launcher,
-    expand_nodelist,
-    restarted,
-    resume_if_restarted,
-    slurm_default_port,
-)
+from ..errors import LaunchError
+from . import peers, signals
+from .environment import LauncherEnv, detect_launcher
+from .resume import resume_policy
 
-__all__ = [
-    "DEFAULT_DIST_TIMEOUT_MINUTES",
-    "DEFAULT_PEER_TIMEOUT_S",
-    "LauncherEnv",
-    "add_cluster_arguments",
-    "detect_launcher",
-    "expand_nodelist",
-    "launch",
-    "launch_from_args",
-    "resume_if_restarted",
-    "restarted",
-    "slurm_default_port",
-]
+__all__ = ["add_cluster_arguments", "continue_command", "launch", "run"]
 
 
 #: Process-group timeout: how long a collective may wait for a *live* peer (rank 0 evaluating
-#: COCO while the others wait at the barrier, a slow checkpoint write). Lost peers are found by
-#: the heartbeats (``--peer-timeout``), not by this.
+#: COCO while the others wait at the barrier). Lost peers are found by the heartbeats.
 DEFAULT_DIST_TIMEOUT_MINUTES = 30.0
-#: Seconds without a heartbeat after which a peer counts as lost (a few seconds once a
-#: collective has failed, see :mod:`gcnet_d2.peers`).
+#: Seconds without a heartbeat after which a peer is lost (5 s once a collective failed).
 DEFAULT_PEER_TIMEOUT_S = 30.0
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--dist-timeout``, ``--peer-timeout`` and ``--checkpoint-minutes`` to detectron2's
+    """Add ``--checkpoint-minutes``, ``--dist-timeout`` and ``--peer-timeout`` to detectron2's
     argument parser."""
-    parser.add_argument(
-        "--checkpoint-minutes",
-        type=float,
-        default=0.0,
-        metavar="MINUTES",
-        help="also checkpoint once this many minutes have passed since the last checkpoint "
-        "(0: only every SOLVER.CHECKPOINT_PERIOD / train.checkpointer.period iterations)",
-    )
-    parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_DIST_TIMEOUT_MINUTES,
-        metavar="MINUTES",
-        help="process-group timeout: the longest a collective waits for a live peer "
-        f"(default {DEFAULT_DIST_TIMEOUT_MINUTES:g})",
-    )
-    parser.add_argument(
-        "--peer-timeout",
-        type=float,
-        default=DEFAULT_PEER_TIMEOUT_S,
-        metavar="SECONDS",
-        help="a peer without a heartbeat for this long is lost and the run stops "
-        f"(default {DEFAULT_PEER_TIMEOUT_S:g}; 5 s once a collective has failed)",
-    )
+    for flag, default, unit, text in (
+        ("--checkpoint-minutes", 0.0, "MINUTES", "also checkpoint once this many minutes have "
+         "passed since the last checkpoint (0: only every SOLVER.CHECKPOINT_PERIOD / "
+         "train.checkpointer.period iterations)"),
+        ("--dist-timeout", DEFAULT_DIST_TIMEOUT_MINUTES, "MINUTES", "process-group timeout: "
+         "the longest a collective waits for a live peer (default %(default)g)"),
+        ("--peer-timeout", DEFAULT_PEER_TIMEOUT_S, "SECONDS", "a peer without a heartbeat for "
+         "this long is lost and the run stops (default %(default)g; 5 s once a collective "
+         "has failed)"),
+    ):  # fmt: skip
+        parser.add_argument(flag, type=float, default=default, metavar=unit, help=text)
     return parser
 
 
@@ -294,9 +236,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _store_address(dist_url: str) -> tuple[str, int] | None:
+def _store_address(dist_url: str) -> tuple[str | None, int | None]:
     m = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)/?", dist_url or "")
-    return (m.group(1), int(m.group(2))) if m else None
+    return (m.group(1), int(m.group(2))) if m else (None, None)
 
 
 def launch(
@@ -313,11 +255,8 @@ def launch(
 ) -> Any:
     """Run ``main_func(*args)`` in every training process (see the module docstring).
 
-    Under torchrun or an ``srun`` step this process joins the launcher's group; otherwise
-    detectron2's ``launch`` spawns ``num_gpus_per_machine`` processes. Multi-process runs are
-    supervised by :func:`gcnet_d2.peers.supervise`. Raises :class:`LaunchError` for a launcher
-    environment or flags that cannot be used; a worker stopped for a lost peer ends this
-    process with :data:`gcnet_d2.peers.EXIT_PEER_STOPPED`.
+    Raises :class:`LaunchError` for a launcher environment or flags that cannot be used. A
+    worker stopped for a lost peer or by a signal ends this process with the worker's status.
     """
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     program = program or os.path.basename(sys.argv[0])
@@ -333,17 +272,10 @@ def launch(
         _check_flags(env, num_gpus_per_machine, num_machines)
         if env.world_size == 1:
             return main_func(*args)
-        store_host, store_port = _join(env, timeout, program)
-        config = peers.WatchConfig(
-            program=program,
-            peer_timeout=peer_timeout,
-            continue_command=continue_command(env, env.num_machines),
-            store_host=store_host,
-            store_port=store_port,
-            local_world_size=env.local_world_size,
-            finish_timeout=timeout.total_seconds(),
-        )
-        return peers.supervise(main_func, config, *args)
+        store = _join(env, timeout, program)
+        command = continue_command(env, env.num_machines)
+        watch = peers.WatchConfig(program, peer_timeout, command, *store, env.local_world_size)
+        return peers.supervise(main_func, watch, *args)
 
     if one_task_per_node:  # each SLURM task is one machine that spawns its processes
         assert env is not None
@@ -362,19 +294,13 @@ def launch(
         if num_machines != 1:
             raise LaunchError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    store = _store_address(dist_url)
-    config = peers.WatchConfig(
-        program=program,
-        peer_timeout=peer_timeout,
-        continue_command=continue_command(env if one_task_per_node else None, num_machines),
-        store_host=store[0] if store else None,
-        store_port=store[1] if store else None,
-        local_world_size=num_gpus_per_machine,
-        finish_timeout=timeout.total_seconds(),
-    )
+    command = continue_command(env if one_task_per_node else None, num_machines)
+    store = _store_address(dist_url)  # (None, None): file:// init, nothing to watch through
+    watch = peers.WatchConfig(program, peer_timeout, command, *store, num_gpus_per_machine)
+    signals.install("forward")  # the spawned workers stop at an iteration boundary
     try:
         return d2_launch(
-            functools.partial(peers.supervise, main_func, config),
+            functools.partial(peers.supervise, main_func, watch),
             num_gpus_per_machine,
             num_machines=num_machines,
             machine_rank=machine_rank,
@@ -383,16 +309,20 @@ def launch(
             timeout=timeout,
         )
     except ProcessExitedException as e:
-        if e.exit_code == peers.EXIT_PEER_STOPPED:  # the worker printed the one-line report
-            raise SystemExit(peers.EXIT_PEER_STOPPED) from None
+        if e.exit_code in (peers.EXIT_PEER_STOPPED, signals.EXIT_STOPPED):  # said in one line
+            raise SystemExit(e.exit_code) from None
         raise
+    finally:
+        signals.install("default")
 
 
-def launch_from_args(main_func: Callable[..., Any], args: argparse.Namespace, program: str) -> Any:
-    """:func:`launch` of ``main_func(args)`` with the command line's launcher flags
-    (detectron2's and :func:`add_cluster_arguments`'), resuming when the job was restarted;
-    what ``train_net.py`` and ``lazy_train_net.py`` run."""
-    resume_if_restarted(args, program)
+def run(
+    main_func: Callable[[argparse.Namespace], Any], args: argparse.Namespace, program: str
+) -> Any:
+    """The cluster code's entry, what ``train_net.py`` and ``lazy_train_net.py`` call:
+    ``main_func(args)`` in every training process (:func:`launch`, with the command line's
+    launcher flags), ``args.resume`` set for a restarted job (:func:`.resume.resume_policy`)."""
+    args = resume_policy(args, program)
     return launch(
         main_func,
         args.num_gpus,

@@ -1,37 +1,28 @@
 """Supervising a multi-process run: a lost or failed peer stops every survivor with one line.
 
-Without this, a survivor of a lost machine stops with gloo's raw ``Connection reset by peer``
-traceback (or, with NCCL, may wait in a collective until the process-group timeout), naming
-neither the lost rank nor what to do. :func:`supervise` wraps each process's ``main``:
+What torch gives (measured, docs/clusters.md): gloo fails a collective at once when a peer's
+process dies (connection reset), with a raw traceback naming no rank; a peer that is silent
+without closing its sockets (a machine gone, a stopped process), or one lost while the others
+are not in a collective, is noticed only at the process-group timeout (30 min here); torchrun's
+agent sees its own node's workers exit, not a peer elsewhere. :func:`supervise` adds:
 
-- every process keeps a heartbeat counter in the process group's TCP store (hosted by
-  rank 0's process: ``--dist-url tcp://``, SLURM, and under torchrun the store of the attempt,
-  see :mod:`gcnet_d2.launch`), bumped once a second by a background thread over its own
-  connection, and publishes ``done`` or ``failed: <reason>`` when its ``main`` ends;
-- rank 0 watches every heartbeat; the others watch rank 0's and rank 0's verdict. A peer whose
-  counter stands still for ``--peer-timeout`` seconds (default 30), or for 5 s once this
-  process has seen a collective fail, is lost; a store that stops answering means the master
-  (rank 0's machine) is lost. A watcher that was itself starved of time judges nobody on that
-  round;
-- the verdict is shared through the store, so every survivor names the same rank; each then
-  lets a checkpoint being written finish (bounded), logs and prints one line, and exits with
-  status :data:`EXIT_PEER_STOPPED`. The line (the last the process prints)::
+- heartbeats: every process bumps a counter in the process group's TCP store (hosted by rank
+  0's process) once a second from a thread with its own connection; rank 0 watches everyone,
+  the others watch rank 0 and its verdict. A counter still for ``--peer-timeout`` seconds (5 s
+  once this process saw a collective fail), or a store that stops answering (the master lost),
+  is a lost peer. A watcher itself starved of time judges nobody on that round;
+- one verdict, shared through the store so every survivor names the same rank; each lets a
+  checkpoint being written finish (bounded), prints one last line naming the rank, machine,
+  host, iteration (:data:`progress`), the last complete checkpoint and the command that
+  continues, and exits with :data:`EXIT_PEER_STOPPED`.
 
-    train_net.py: error (rank 0): lost rank 1 (machine 1, host node07): no heartbeat for 5 s
-    (process killed or machine down) at iteration 3; last complete checkpoint:
-    out/model_0000001.pth; to continue: python train_net.py --resume ...
-
-  (one line in reality). The iteration comes from :class:`ProgressHook`, the checkpoint from
-  ``OUTPUT_DIR/last_checkpoint`` (written atomically, so it always names a complete file).
-
-A process that finishes waits (rank 0) or is waited for (the others), so one that ends first
-is not taken for a lost one. With ``--dist-url file://`` (no TCP store) nothing is watched.
+A process that finishes waits (rank 0) or is waited for, so one that ends first is not taken
+for a lost one. With ``--dist-url file://`` (no TCP store) nothing is watched.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -42,17 +33,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch.distributed as dist
-from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from .errors import one_line
+from ..errors import one_line
+from .signals import TrainingStopped
 
 __all__ = [
     "EXIT_PEER_STOPPED",
-    "ProgressHook",
     "WatchConfig",
     "checkpoint_write",
     "is_communication_error",
@@ -72,17 +62,17 @@ SUSPECT_TIMEOUT_S = 5.0
 CHECKPOINT_GRACE_S = 20.0
 #: The longest rank 0 waits for the others to read its verdict before it exits.
 VERDICT_ACK_S = 3.0
+#: The longest rank 0, done, waits for the others to be done (it hosts the store).
+FINISH_TIMEOUT_S = 1800.0
 
 
-@dataclasses.dataclass(frozen=True)
-class WatchConfig:
+class WatchConfig(NamedTuple):
     program: str
     peer_timeout: float
     continue_command: str
     store_host: str | None
     store_port: int | None
     local_world_size: int
-    finish_timeout: float = 1800.0
 
 
 # --- what the report says: iteration and checkpoint -----------------------------------------
@@ -102,27 +92,8 @@ class _Progress:
         return f"at iteration {self.iteration}"
 
 
-#: This process's training progress, as :class:`ProgressHook` records it.
+#: This process's training progress, as :class:`.hook.ClusterHook` records it.
 progress = _Progress()
-
-
-class ProgressHook(HookBase):
-    """Records the iteration being run and the checkpoint folder for the lost-peer report."""
-
-    def __init__(self, output_dir: str) -> None:
-        self.output_dir = output_dir
-
-    def before_train(self) -> None:
-        progress.output_dir = self.output_dir
-        progress.max_iter = self.trainer.max_iter
-        progress.finished = False
-
-    def before_step(self) -> None:
-        progress.iteration = self.trainer.iter
-
-    def after_train(self) -> None:
-        # detectron2 leaves iter == max_iter after a complete loop, < max_iter after an error
-        progress.finished = self.trainer.iter >= self.trainer.max_iter
 
 
 def last_complete_checkpoint(output_dir: str | None) -> str:
@@ -165,38 +136,26 @@ def is_communication_error(e: BaseException) -> bool:
 # --- verdicts ---------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     kind: str  # "lost" or "failed"
     ranks: tuple[int, ...]
     detail: str
     hosts: tuple[str, ...] = ()
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
 
-    @classmethod
-    def from_json(cls, text: str) -> Verdict:
-        d = json.loads(text)
-        return cls(d["kind"], tuple(d["ranks"]), d["detail"], tuple(d.get("hosts", ())))
-
-
-def _rank_list(ranks: tuple[int, ...]) -> str:
-    if len(ranks) == 1:
-        return f"rank {ranks[0]}"
-    if list(ranks) == list(range(ranks[0], ranks[-1] + 1)):
-        return f"ranks {ranks[0]}-{ranks[-1]}"
-    return "ranks " + ", ".join(map(str, ranks))
+def _listed(word: str, items: list) -> str:
+    """``rank 3`` / ``ranks 3, 5``."""
+    return f"{word}{'s' if len(items) > 1 else ''} {', '.join(map(str, items))}"
 
 
 def _who(verdict: Verdict, local_world_size: int) -> str:
     machines = sorted({r // max(1, local_world_size) for r in verdict.ranks})
-    where = [("machine " if len(machines) == 1 else "machines ") + ", ".join(map(str, machines))]
+    where = [_listed("machine", machines)]
     hosts = sorted({h for h in verdict.hosts if h})
     if hosts:
-        where.append(("host " if len(hosts) == 1 else "hosts ") + ", ".join(hosts))
+        where.append(_listed("host", hosts))
     master = "the master, " if 0 in verdict.ranks else ""
-    return f"{_rank_list(verdict.ranks)} ({master}{', '.join(where)})"
+    return f"{_listed('rank', list(verdict.ranks))} ({master}{', '.join(where)})"
 
 
 # --- the watch ------------------------------------------------------------------------------
@@ -332,7 +291,7 @@ class PeerWatch:
 
     def _check(self, now: float, starved: bool) -> Verdict | None:
         if self._call("check", ["verdict"]):
-            verdict = Verdict.from_json(self._call("get", "verdict").decode())
+            verdict = Verdict(*json.loads(self._call("get", "verdict")))
             self._call("add", "verdict_ack", 1)
             return verdict
         if 0 in self._finished:
@@ -357,7 +316,7 @@ class PeerWatch:
         gone = set(verdict.ranks) | self._finished
         survivors = len([r for r in range(1, self.world_size) if r not in gone])
         with contextlib.suppress(Exception):
-            self._call("set", "verdict", verdict.to_json())
+            self._call("set", "verdict", json.dumps(verdict))
             deadline = time.monotonic() + VERDICT_ACK_S
             while time.monotonic() < deadline and int(self._call("add", "verdict_ack", 0)) < (
                 survivors
@@ -442,7 +401,7 @@ class PeerWatch:
             self._call("set", f"state/{self.rank}", "done")
         if self.rank == 0:
             keys = [f"state/{r}" for r in range(1, self.world_size)]
-            deadline = time.monotonic() + self.config.finish_timeout
+            deadline = time.monotonic() + FINISH_TIMEOUT_S
             while time.monotonic() < deadline and not self._verdict_ready.is_set():
                 try:
                     if self._call("check", keys) and all(
@@ -469,7 +428,7 @@ def supervise(main_func: Callable[..., Any], config: WatchConfig, *args: Any) ->
     try:
         result = main_func(*args)
     except SystemExit as e:
-        if e.code in (None, 0):
+        if e.code in (None, 0) or isinstance(e, TrainingStopped):
             watch.finish()
         else:
             watch.failed(f"exited with status {e.code} (its log has the reason)")
