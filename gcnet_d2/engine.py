@@ -91,7 +91,7 @@ class GCNetTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
-        """detectron2's model with the speed-ups ``MODEL.GCNET`` switches on
+        """detectron2's model with the speed-ups ``FAST`` switches on
         (:func:`gcnet_d2.fast.apply`)."""
         return fast.apply(super().build_model(cfg), cfg)
 

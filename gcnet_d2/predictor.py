@@ -8,7 +8,7 @@ test loader's resize, so its detections are the model's evaluated detections. It
 ``MODEL.WEIGHTS`` with :class:`~gcnet_d2.checkpoint.GCNetCheckpointer` (no code unpickled;
 mmdetection checkpoints converted on load). Everything else is ``DefaultPredictor``'s: a BGR
 uint8 ``(H, W, 3)`` image in, ``{"instances": ...}`` out in the image's coordinates,
-``INPUT.FORMAT`` honoured. The speed-ups ``MODEL.GCNET`` switches on are applied
+``INPUT.FORMAT`` honoured. The speed-ups ``FAST`` switches on are applied
 (:func:`gcnet_d2.fast.apply`). ``TEST.PRECISION: bf16`` runs the detector under bfloat16
 autocast (:mod:`gcnet_d2.precision`; its outputs stay float32).
 """
