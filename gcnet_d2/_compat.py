@@ -22,7 +22,7 @@ MOVED_MODULES = {
     "gcnet_d2.modeling.assign": "gcnet_d2.modeling.mmdet_recipe.matcher",
     "gcnet_d2.modeling.rpn": "gcnet_d2.modeling.mmdet_recipe.rpn",
     "gcnet_d2.modeling.roi_heads": "gcnet_d2.modeling.mmdet_recipe.roi_heads",
-    "gcnet_d2.modeling.init": "gcnet_d2.modeling.mmdet_recipe.init",
+    "gcnet_d2.modeling.init": "gcnet_d2.modeling.mmdet_recipe.head_init",
     "gcnet_d2.modeling.indexed_masks": "gcnet_d2.modeling.mmdet_recipe.indexed_masks",
     "gcnet_d2.modeling.fpn": "gcnet_d2.fast.lean_fpn",
     "gcnet_d2.modeling.roi_align_parallel": "gcnet_d2.fast.roi_align",

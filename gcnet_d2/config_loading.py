@@ -19,7 +19,6 @@ from detectron2.config import CfgNode, get_cfg
 
 from .config import add_gcnet_config
 from .errors import ConfigError
-from .layers import resolve_norm
 from .modeling.backbone import validate_gcnet_config
 
 __all__ = ["load_config", "validate_config"]
@@ -78,7 +77,6 @@ def validate_config(cfg: CfgNode) -> None:
     try:
         if str(cfg.MODEL.BACKBONE.NAME).startswith("build_gcnet_"):
             validate_gcnet_config(cfg)
-            resolve_norm(cfg.MODEL.RESNETS.NORM, cfg.MODEL.DEVICE)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.SOLVER.IMS_PER_BATCH < 1:

@@ -355,10 +355,9 @@ def test_bad_fast_option_names_its_key(key, value, match):
 
 def test_deprecated_names_still_work():
     """Old import paths and ``gcnet_d2.modeling`` names map onto the new API (with a
-    DeprecationWarning); ``make_gcnet_stem(fold_norms=...)`` warns and builds the plain stem."""
+    DeprecationWarning)."""
     import gcnet_d2.modeling as modeling
     from gcnet_d2.fast.gc_fold import enable_gc_fold
-    from gcnet_d2.modeling import make_gcnet_stem
     from gcnet_d2.modeling.context_block import ContextBlock as OldContextBlock
     from gcnet_d2.modeling.roi_align_parallel import ParallelROIAlign as OldParallelROIAlign
 
@@ -383,8 +382,5 @@ def test_deprecated_names_still_work():
     assert type(folded) is GCBottleneckBlock
     set_fast_paths(folded, True)
     assert type(folded) is FoldedGCBottleneckBlock
-    with pytest.warns(DeprecationWarning, match="fold_norms"):
-        stem = make_gcnet_stem("FrozenBN", fold_norms=True)
-    assert not any(type(m) is NormFoldingConv2d for m in stem.modules())  # ignored: plain
     with pytest.raises(AttributeError):
         modeling.no_such_name  # noqa: B018
