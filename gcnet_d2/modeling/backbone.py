@@ -20,7 +20,7 @@ detectron2's own ``FPN``. mmdetection's training recipe (its FPN init) picks its
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from detectron2.config import CfgNode
@@ -68,14 +68,16 @@ def _default_device(device: str | None) -> str:
 
 
 def _checked_stage_args(args: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
-    """``args`` (:func:`make_gcnet_stages`'s) with the norm resolved and the per-stage flags
-    as lists of booleans. One pass over them: the first unusable one raises ``ValueError``
-    under ``names[argument]`` (its config key), or the argument's own name."""
+    """``args`` (:func:`make_gcnet_stages`'s) with the norm resolved for its ``device`` (then
+    dropped) and the per-stage flags as lists of booleans. One pass over them: the first
+    unusable one raises ``ValueError`` under ``names[argument]`` (its config key), or the
+    argument's own name."""
 
-    def fail(arg: str, message: str) -> None:
+    def fail(arg: str, message: str) -> NoReturn:
         raise ValueError(f"{names.get(arg, arg)}: {message}")
 
     out = dict(args)
+    device = _default_device(out.pop("device"))
     depth = args["depth"]
     if depth not in BLOCKS_PER_STAGE:
         fail("depth", f"gcnet_d2 builds bottleneck ResNets {list(BLOCKS_PER_STAGE)}, got {depth!r}")
@@ -90,7 +92,7 @@ def _checked_stage_args(args: dict[str, Any], names: Mapping[str, str]) -> dict[
         fail("res5_dilation", f"must be 1 or 2, got {args['res5_dilation']!r}")
     if isinstance(args["norm"], str):
         try:
-            out["norm"] = resolve_norm(args["norm"], _default_device(args["device"]))
+            out["norm"] = resolve_norm(args["norm"], device)
         except ValueError as e:
             fail("norm", str(e))
     return out
@@ -197,10 +199,8 @@ def _make_stages(
     deform_num_groups: int,
     in_channels: int,
     out_channels: int,
-    device: str | None,
 ) -> list[list[CNNBlockBase]]:
     """:func:`make_gcnet_stages` on arguments :func:`_checked_stage_args` returned."""
-    del device  # already applied to the norm
     bottleneck_channels = num_groups * width_per_group
     stages = []
     for idx, num_blocks in enumerate(BLOCKS_PER_STAGE[depth]):
