@@ -105,7 +105,8 @@ def add_gcnet_config(cfg: CN) -> CN:
     cfg.MODEL.MMDET_TRAIN.CASCADE_RESAMPLE = False
     # Initialisation of the heads trained from scratch: "mmdet" = xavier_uniform on the FPN
     # convs and the box head FCs, kaiming_normal (fan_out) on the mask logits; "detectron2" =
-    # c2_xavier_fill and normal(0.001). Needs gcnet_d2's FPN backbone and RoI heads.
+    # c2_xavier_fill and normal(0.001). "mmdet" needs the recipe's backbone builder
+    # (MODEL.BACKBONE.NAME "build_gcnet_resnet_mmdet_fpn_backbone") and RoI heads.
     cfg.MODEL.MMDET_TRAIN.HEAD_INIT = "detectron2"
     # Bitmap mask targets (INPUT.MASK_RASTER "mmdet") are cut by RoIAlign from a GT bitmap;
     # its zero padding decides the samples at the bitmap's bottom / right edge. "image": padded
@@ -159,72 +160,3 @@ DETECTRON2_TRAINING_COMPONENTS = {
     "INPUT.MASK_FORMAT": "polygon",
     "INPUT.MASK_RASTER": "detectron2",
 }
-MASK_PAD_MODES = ("image", "batch")
-_MMDET_ROI_HEADS = ("MMDetROIHeads", "MMDetCascadeROIHeads")
-_FPN_BACKBONES = ("build_gcnet_resnet_fpn_backbone", "build_gcnet_retinanet_resnet_fpn_backbone")
-
-
-def validate_mmdet_train_config(cfg: CN) -> None:
-    """Raise ``ValueError`` naming the keys of an unusable ``MODEL.MMDET_TRAIN`` combination.
-
-    Called when gcnet_d2's backbone, RPN or RoI heads are built, so a bad combination fails
-    at build time rather than training silently with part of the recipe.
-    """
-    if "MMDET_TRAIN" not in cfg.MODEL:
-        return
-    t = cfg.MODEL.MMDET_TRAIN
-    rpn_name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
-    roi_name = cfg.MODEL.ROI_HEADS.NAME
-    for key in ("RPN_MAX_IOU_ASSIGNER", "RPN_VALID_ANCHORS"):
-        if t[key] and rpn_name != "MMDetRPN":
-            raise ValueError(
-                f"MODEL.MMDET_TRAIN.{key}=True needs MODEL.PROPOSAL_GENERATOR.NAME 'MMDetRPN', "
-                f"got {rpn_name!r}"
-            )
-    for key in ("RPN_MIN_POS_IOU", "ROI_MIN_POS_IOU"):
-        if not 0.0 <= float(t[key]) <= 1.0:
-            raise ValueError(f"MODEL.MMDET_TRAIN.{key} must be in [0, 1], got {t[key]!r}")
-    if int(t.PAD_SIZE_DIVISOR) < 1:
-        raise ValueError(
-            f"MODEL.MMDET_TRAIN.PAD_SIZE_DIVISOR must be >= 1, got {t.PAD_SIZE_DIVISOR!r}"
-        )
-    if t.ROI_MAX_IOU_ASSIGNER and roi_name not in _MMDET_ROI_HEADS:
-        raise ValueError(
-            "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER=True needs MODEL.ROI_HEADS.NAME in "
-            f"{_MMDET_ROI_HEADS}, got {roi_name!r}"
-        )
-    if t.CASCADE_RESAMPLE:
-        if roi_name != "MMDetCascadeROIHeads":
-            raise ValueError(
-                "MODEL.MMDET_TRAIN.CASCADE_RESAMPLE=True is the mmdetection cascade sampler: it "
-                f"needs MODEL.ROI_HEADS.NAME 'MMDetCascadeROIHeads', got {roi_name!r}"
-            )
-        if not t.ROI_MAX_IOU_ASSIGNER:
-            raise ValueError(
-                "MODEL.MMDET_TRAIN.CASCADE_RESAMPLE=True needs "
-                "MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER=True (stages 2-3 drop the prepended GTs)"
-            )
-    if t.MASK_PAD not in MASK_PAD_MODES:
-        raise ValueError(
-            f"MODEL.MMDET_TRAIN.MASK_PAD must be one of {MASK_PAD_MODES}, got {t.MASK_PAD!r}"
-        )
-    if t.MASK_PAD == "batch" and roi_name not in _MMDET_ROI_HEADS:
-        raise ValueError(
-            "MODEL.MMDET_TRAIN.MASK_PAD='batch' needs MODEL.ROI_HEADS.NAME in "
-            f"{_MMDET_ROI_HEADS}, got {roi_name!r}"
-        )
-    if t.HEAD_INIT not in ("detectron2", "mmdet"):
-        raise ValueError(
-            f"MODEL.MMDET_TRAIN.HEAD_INIT must be 'detectron2' or 'mmdet', got {t.HEAD_INIT!r}"
-        )
-    if t.HEAD_INIT == "mmdet":
-        if roi_name not in _MMDET_ROI_HEADS:
-            raise ValueError(
-                "MODEL.MMDET_TRAIN.HEAD_INIT='mmdet' needs MODEL.ROI_HEADS.NAME in "
-                f"{_MMDET_ROI_HEADS}, got {roi_name!r}"
-            )
-        if cfg.MODEL.BACKBONE.NAME not in _FPN_BACKBONES:
-            raise ValueError(
-                "MODEL.MMDET_TRAIN.HEAD_INIT='mmdet' needs MODEL.BACKBONE.NAME in "
-                f"{_FPN_BACKBONES}, got {cfg.MODEL.BACKBONE.NAME!r}"
-            )

@@ -20,7 +20,6 @@ from detectron2.config import CfgNode, get_cfg
 from .config import add_gcnet_config
 from .errors import ConfigError
 from .fast import FastOptions
-from .layers import resolve_norm
 from .modeling.backbone import validate_gcnet_config
 from .precision import check_precision
 
@@ -83,7 +82,6 @@ def validate_config(cfg: CfgNode) -> None:
     try:
         if str(cfg.MODEL.BACKBONE.NAME).startswith("build_gcnet_"):
             validate_gcnet_config(cfg)
-            resolve_norm(cfg.MODEL.RESNETS.NORM, cfg.MODEL.DEVICE)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_precision(cfg.TEST.PRECISION, "TEST.PRECISION")

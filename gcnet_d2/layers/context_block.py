@@ -23,19 +23,29 @@ POOLING_TYPES = ("att", "avg")
 FUSION_TYPES = ("channel_add", "channel_mul")
 
 
+def context_arg_errors(ratio: float, pooling: str, fusion: Sequence[str]) -> dict[str, str]:
+    """What makes each unusable argument of a GC block unusable, by argument name (``"ratio"``,
+    ``"pooling"``, ``"fusion"``); empty when a block can be built from them. A caller that
+    read the arguments from elsewhere (a config) names its own source of each."""
+    errors = {}
+    if not isinstance(ratio, int | float) or not 0.0 < float(ratio) <= 1.0:
+        errors["ratio"] = f"GC block ratio must be in (0, 1], got {ratio!r}"
+    if pooling not in POOLING_TYPES:
+        errors["pooling"] = f"GC block pooling must be one of {POOLING_TYPES}, got {pooling!r}"
+    if isinstance(fusion, str) or len(fusion) == 0:
+        errors["fusion"] = f"GC block fusion must be a non-empty list of names, got {fusion!r}"
+    elif any(f not in FUSION_TYPES for f in fusion):
+        errors["fusion"] = f"GC block fusion names must be in {FUSION_TYPES}, got {list(fusion)!r}"
+    elif len(set(fusion)) != len(fusion):
+        errors["fusion"] = f"GC block fusion names repeat: {list(fusion)!r}"
+    return errors
+
+
 def validate_context_args(ratio: float, pooling: str, fusion: Sequence[str]) -> None:
     """Raise ``ValueError`` naming the bad value when a GC block's arguments are unusable."""
-    if not isinstance(ratio, int | float) or not 0.0 < float(ratio) <= 1.0:
-        raise ValueError(f"GC block ratio must be in (0, 1], got {ratio!r}")
-    if pooling not in POOLING_TYPES:
-        raise ValueError(f"GC block pooling must be one of {POOLING_TYPES}, got {pooling!r}")
-    if isinstance(fusion, str) or len(fusion) == 0:
-        raise ValueError(f"GC block fusion must be a non-empty list of names, got {fusion!r}")
-    unknown = [f for f in fusion if f not in FUSION_TYPES]
-    if unknown:
-        raise ValueError(f"GC block fusion names must be in {FUSION_TYPES}, got {list(fusion)!r}")
-    if len(set(fusion)) != len(fusion):
-        raise ValueError(f"GC block fusion names repeat: {list(fusion)!r}")
+    errors = context_arg_errors(ratio, pooling, fusion)
+    if errors:
+        raise ValueError(next(iter(errors.values())))
 
 
 def _channel_transform(channels: int, planes: int) -> nn.Sequential:

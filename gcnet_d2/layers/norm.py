@@ -50,12 +50,14 @@ class FrozenStatsBatchNorm2d(nn.Module):
 
 
 def resolve_norm(name: str, device: str = "cpu") -> str | Callable[[int], nn.Module]:
-    """What to pass as ``norm=`` to detectron2's blocks for the config value ``name``."""
+    """What to pass as ``norm=`` to detectron2's blocks for the norm name ``name``.
+
+    Raises:
+        ValueError: for a name outside :data:`BACKBONE_NORMS` (callers prefix the argument or
+            config key it came from).
+    """
     if name not in BACKBONE_NORMS and name != "":
-        raise ValueError(
-            f"MODEL.RESNETS.NORM: unknown normalisation {name!r}; expected one of "
-            f"{list(BACKBONE_NORMS)}"
-        )
+        raise ValueError(f"unknown normalisation {name!r}; expected one of {list(BACKBONE_NORMS)}")
     if name == "FrozenStatsBN":
         return FrozenStatsBatchNorm2d
     if name == "SyncBN" and not str(device).startswith("cuda"):

@@ -4,8 +4,11 @@
   registered builders ``build_gcnet_resnet_backbone``, ``build_gcnet_resnet_fpn_backbone``,
   ``build_gcnet_retinanet_resnet_fpn_backbone``;
 - :mod:`.bottleneck`: detectron2's bottleneck with a GC block after ``conv3`` (and DCN v1);
-- :mod:`.cascade_heads`: ``MMDetCascadeROIHeads``, mmdetection's cascade test path;
-- :mod:`.mmdet_recipe`: mmdetection's training rules (``MODEL.MMDET_TRAIN``).
+- :mod:`.box_selection`: detection / proposal selection that eager PyTorch and ONNX Runtime
+  compute alike;
+- :mod:`.mmdet_recipe`: mmdetection's recipe (``MODEL.MMDET_TRAIN``): its FPN init and
+  builder, RPN, RoI heads (``MMDetROIHeads``, ``MMDetCascadeROIHeads``, mmdetection's cascade
+  test path). The backbone modules above import nothing from it.
 
 The plain modules (``ContextBlock``, DCN v1, norms) live in :mod:`gcnet_d2.layers`, the
 speed-ups in :mod:`gcnet_d2.fast`.
@@ -21,8 +24,14 @@ from .backbone import (
     validate_gcnet_config,
 )
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
-from .cascade_heads import MMDetCascadeROIHeads
-from .mmdet_recipe import MaxIoUMatcher, MMDetFPN, MMDetROIHeads, MMDetRPN
+from .mmdet_recipe import (
+    MaxIoUMatcher,
+    MMDetCascadeROIHeads,
+    MMDetFPN,
+    MMDetROIHeads,
+    MMDetRPN,
+    build_gcnet_resnet_mmdet_fpn_backbone,
+)
 
 __all__ = [
     "ContextBlock",
@@ -37,6 +46,7 @@ __all__ = [
     "MaxIoUMatcher",
     "build_gcnet_resnet_backbone",
     "build_gcnet_resnet_fpn_backbone",
+    "build_gcnet_resnet_mmdet_fpn_backbone",
     "build_gcnet_retinanet_resnet_fpn_backbone",
     "make_gcnet_stages",
     "make_gcnet_stem",

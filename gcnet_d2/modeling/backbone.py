@@ -10,15 +10,17 @@ Config-free, in detectron2's style (``ResNet.make_default_stages``), for LazyCon
     )
 
 Registered, selected from a YAML config with ``MODEL.BACKBONE.NAME`` (they validate the
-config, naming the key, then call the functions above):
+config, naming the key, then build what the functions above build):
 ``build_gcnet_resnet_backbone``, ``build_gcnet_resnet_fpn_backbone`` (Mask / Cascade R-CNN)
-and ``build_gcnet_retinanet_resnet_fpn_backbone`` (P3-P7, RetinaNet-style).
+and ``build_gcnet_retinanet_resnet_fpn_backbone`` (P3-P7, RetinaNet-style), all under
+detectron2's own ``FPN``. mmdetection's training recipe (its FPN init) picks its own builder,
+:mod:`gcnet_d2.modeling.mmdet_recipe.fpn`, which passes its FPN class to these.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import torch
 from detectron2.config import CfgNode
@@ -29,31 +31,34 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock
 from torch import nn
 
-from ..config import validate_mmdet_train_config
-from ..layers import resolve_norm, validate_context_args
+from ..layers import context_arg_errors, resolve_norm
 from ..registry import register_once
 from .bottleneck import DeformGCBottleneckBlock, GCBottleneckBlock
-from .mmdet_recipe.init import MMDetFPN
 
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
+#: The arguments of :func:`make_gcnet_stages` that can be unusable, and the config key the
+#: registered builders read each from: a bad value is reported under the name its user wrote.
+CONFIG_KEYS = {
+    "depth": "MODEL.RESNETS.DEPTH",
+    "norm": "MODEL.RESNETS.NORM",
+    "res5_dilation": "MODEL.RESNETS.RES5_DILATION",
+    "gc_stages": "MODEL.GCNET.STAGES_ON",
+    "gc_ratio": "MODEL.GCNET.RATIO",
+    "gc_pooling": "MODEL.GCNET.POOLING",
+    "gc_fusion": "MODEL.GCNET.FUSION",
+    "deform_stages": "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
+}
+_GC_ARGS = {"ratio": "gc_ratio", "pooling": "gc_pooling", "fusion": "gc_fusion"}
 
-def _check_per_stage(key: str, value: object) -> list[bool]:
+
+def _per_stage(value: object) -> list[bool] | None:
+    """``value`` as 4 booleans (res2..res5), or None when it is not that."""
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 4:
-        raise ValueError(f"{key} must list 4 booleans (res2..res5), got {value!r}")
+        return None
     if not all(isinstance(v, bool) or v in (0, 1) for v in value):
-        raise ValueError(f"{key} must hold booleans, got {value!r}")
+        return None
     return [bool(v) for v in value]
-
-
-def _warn_fold_norms(fold_norms: bool | None) -> None:
-    if fold_norms is not None:
-        warnings.warn(
-            "fold_norms is deprecated and ignored: the builders make the plain model; apply "
-            "the speed-ups to the built model with gcnet_d2.fast.apply(model)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
 
 
 def _default_device(device: str | None) -> str:
@@ -62,13 +67,35 @@ def _default_device(device: str | None) -> str:
     return str(device)
 
 
-def _resolve_norm_arg(norm: str | Callable[[int], nn.Module], device: str | None):  # noqa: ANN202
-    if not isinstance(norm, str):
-        return norm
-    try:
-        return resolve_norm(norm, _default_device(device))
-    except ValueError as e:
-        raise ValueError(f"norm: {e}") from None
+def _checked_stage_args(args: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """``args`` (:func:`make_gcnet_stages`'s) with the norm resolved for its ``device`` (then
+    dropped) and the per-stage flags as lists of booleans. One pass over them: the first
+    unusable one raises ``ValueError`` under ``names[argument]`` (its config key), or the
+    argument's own name."""
+
+    def fail(arg: str, message: str) -> NoReturn:
+        raise ValueError(f"{names.get(arg, arg)}: {message}")
+
+    out = dict(args)
+    device = _default_device(out.pop("device"))
+    depth = args["depth"]
+    if depth not in BLOCKS_PER_STAGE:
+        fail("depth", f"gcnet_d2 builds bottleneck ResNets {list(BLOCKS_PER_STAGE)}, got {depth!r}")
+    for arg in ("gc_stages", "deform_stages"):
+        out[arg] = _per_stage(args[arg])
+        if out[arg] is None:
+            fail(arg, f"must list 4 booleans (res2..res5), got {args[arg]!r}")
+    gc_errors = context_arg_errors(args["gc_ratio"], args["gc_pooling"], args["gc_fusion"])
+    for gc_arg, message in gc_errors.items():
+        fail(_GC_ARGS[gc_arg], message)
+    if args["res5_dilation"] not in (1, 2):
+        fail("res5_dilation", f"must be 1 or 2, got {args['res5_dilation']!r}")
+    if isinstance(args["norm"], str):
+        try:
+            out["norm"] = resolve_norm(args["norm"], device)
+        except ValueError as e:
+            fail("norm", str(e))
+    return out
 
 
 def make_gcnet_stem(
@@ -77,7 +104,6 @@ def make_gcnet_stem(
     in_channels: int = 3,
     out_channels: int = 64,
     device: str | None = None,
-    fold_norms: bool | None = None,
 ) -> BasicStem:
     """detectron2's ``BasicStem`` (7x7 conv, norm, ReLU, 3x3 max-pool) with a gcnet_d2 norm.
 
@@ -89,10 +115,16 @@ def make_gcnet_stem(
         out_channels: stem width (64 for every ResNet / ResNeXt of the GCNet table).
         device: where the model will run; ``"SyncBN"`` becomes detectron2's gloo-capable
             ``"naiveSyncBN"`` off CUDA. ``None``: CUDA when available, else the CPU.
-        fold_norms: deprecated and ignored; use :func:`gcnet_d2.fast.apply` on the model.
+
+    Raises:
+        ValueError: naming ``norm``, for a norm name it does not know.
     """
-    _warn_fold_norms(fold_norms)
-    return BasicStem(in_channels, out_channels, norm=_resolve_norm_arg(norm, device))
+    if isinstance(norm, str):
+        try:
+            norm = resolve_norm(norm, _default_device(device))
+        except ValueError as e:
+            raise ValueError(f"norm: {e}") from None
+    return BasicStem(in_channels, out_channels, norm=norm)
 
 
 def make_gcnet_stages(
@@ -112,7 +144,6 @@ def make_gcnet_stages(
     in_channels: int = 64,
     out_channels: int = 256,
     device: str | None = None,
-    fold_norms: bool | None = None,
 ) -> list[list[CNNBlockBase]]:
     """The four stages (res2..res5) of a bottleneck ResNet / ResNeXt with GC blocks and DCN.
 
@@ -144,30 +175,32 @@ def make_gcnet_stages(
         in_channels: the stem's output width.
         out_channels: res2's output width (doubled at every later stage).
         device: as in :func:`make_gcnet_stem`.
-        fold_norms: deprecated and ignored, as in :func:`make_gcnet_stem`.
 
     Raises:
         ValueError: naming the argument, for a depth, norm or GC / DCN option it cannot build.
     """
-    _warn_fold_norms(fold_norms)
-    if depth not in BLOCKS_PER_STAGE:
-        raise ValueError(
-            f"depth: gcnet_d2 builds bottleneck ResNets {sorted(BLOCKS_PER_STAGE)}, got {depth!r}"
-        )
-    gc_on = _check_per_stage("gc_stages", gc_stages)
-    dcn_on = _check_per_stage("deform_stages", deform_stages)
-    for name, call in (
-        ("gc_ratio", lambda: validate_context_args(gc_ratio, "att", ["channel_add"])),
-        ("gc_pooling", lambda: validate_context_args(0.5, gc_pooling, ["channel_add"])),
-        ("gc_fusion", lambda: validate_context_args(0.5, "att", list(gc_fusion))),
-    ):
-        try:
-            call()
-        except ValueError as e:
-            raise ValueError(f"{name}: {e}") from None
-    if res5_dilation not in (1, 2):
-        raise ValueError(f"res5_dilation must be 1 or 2, got {res5_dilation!r}")
-    norm = _resolve_norm_arg(norm, device)
+    args = dict(locals())
+    return _make_stages(**_checked_stage_args(args, names={}))
+
+
+def _make_stages(
+    *,
+    depth: int,
+    num_groups: int,
+    width_per_group: int,
+    norm: str | Callable[[int], nn.Module],
+    stride_in_1x1: bool,
+    res5_dilation: int,
+    gc_stages: list[bool],
+    gc_ratio: float,
+    gc_pooling: str,
+    gc_fusion: Sequence[str],
+    deform_stages: list[bool],
+    deform_num_groups: int,
+    in_channels: int,
+    out_channels: int,
+) -> list[list[CNNBlockBase]]:
+    """:func:`make_gcnet_stages` on arguments :func:`_checked_stage_args` returned."""
     bottleneck_channels = num_groups * width_per_group
     stages = []
     for idx, num_blocks in enumerate(BLOCKS_PER_STAGE[depth]):
@@ -180,13 +213,13 @@ def make_gcnet_stages(
             "stride_in_1x1": stride_in_1x1,
             "dilation": dilation,
         }
-        if dcn_on[idx]:
+        if deform_stages[idx]:
             block_class = DeformGCBottleneckBlock
             kwargs["deform_num_groups"] = deform_num_groups
         else:
-            block_class = GCBottleneckBlock if gc_on[idx] else BottleneckBlock
+            block_class = GCBottleneckBlock if gc_stages[idx] else BottleneckBlock
         if block_class is not BottleneckBlock:
-            kwargs["gc_ratio"] = gc_ratio if gc_on[idx] else None
+            kwargs["gc_ratio"] = gc_ratio if gc_stages[idx] else None
             kwargs["gc_pooling"] = gc_pooling
             kwargs["gc_fusion"] = tuple(gc_fusion)
         stages.append(
@@ -205,34 +238,44 @@ def make_gcnet_stages(
     return stages
 
 
-def validate_gcnet_config(cfg: CfgNode) -> None:
-    """Raise ``ValueError`` naming the key and value of any unusable GC / DCN / ResNet setting."""
-    gc = cfg.MODEL.GCNET
-    _check_per_stage("MODEL.GCNET.STAGES_ON", gc.STAGES_ON)
-    _check_per_stage("MODEL.RESNETS.DEFORM_ON_PER_STAGE", cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE)
-    for key, call in (
-        ("MODEL.GCNET.RATIO", lambda: validate_context_args(gc.RATIO, "att", ["channel_add"])),
-        ("MODEL.GCNET.POOLING", lambda: validate_context_args(0.5, gc.POOLING, ["channel_add"])),
-        ("MODEL.GCNET.FUSION", lambda: validate_context_args(0.5, "att", list(gc.FUSION))),
-    ):
-        try:
-            call()
-        except ValueError as e:
-            raise ValueError(f"{key}: {e}") from None
-    res = cfg.MODEL.RESNETS
-    if res.DEPTH not in BLOCKS_PER_STAGE:
-        raise ValueError(
-            f"MODEL.RESNETS.DEPTH: gcnet_d2 builds bottleneck ResNets {sorted(BLOCKS_PER_STAGE)}, "
-            f"got {res.DEPTH!r}"
-        )
-    if res.DEFORM_MODULATED:
+def _stage_args(cfg: CfgNode) -> dict[str, Any]:
+    """:func:`make_gcnet_stages`'s arguments as the registered builders read them."""
+    res, gc = cfg.MODEL.RESNETS, cfg.MODEL.GCNET
+    return {
+        "depth": res.DEPTH,
+        "num_groups": res.NUM_GROUPS,
+        "width_per_group": res.WIDTH_PER_GROUP,
+        "norm": res.NORM,
+        "stride_in_1x1": res.STRIDE_IN_1X1,
+        "res5_dilation": res.RES5_DILATION,
+        "gc_stages": gc.STAGES_ON,
+        "gc_ratio": gc.RATIO,
+        "gc_pooling": gc.POOLING,
+        "gc_fusion": gc.FUSION,
+        "deform_stages": res.DEFORM_ON_PER_STAGE,
+        "deform_num_groups": res.DEFORM_NUM_GROUPS,
+        "in_channels": res.STEM_OUT_CHANNELS,
+        "out_channels": res.RES2_OUT_CHANNELS,
+        "device": cfg.MODEL.DEVICE,
+    }
+
+
+def _checked_config(cfg: CfgNode) -> dict[str, Any]:
+    """The one validation pass of the builders: :func:`_checked_stage_args` on ``cfg``'s
+    values under their keys, then the keys only the config has."""
+    args = _checked_stage_args(_stage_args(cfg), CONFIG_KEYS)
+    if cfg.MODEL.RESNETS.DEFORM_MODULATED:
         raise ValueError("MODEL.RESNETS.DEFORM_MODULATED: only DCN v1 (False) is supported")
-    if res.RES5_DILATION not in (1, 2):
-        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res.RES5_DILATION!r}")
-    if not 0 <= cfg.MODEL.BACKBONE.FREEZE_AT <= 5:
-        raise ValueError(
-            f"MODEL.BACKBONE.FREEZE_AT must be in 0..5, got {cfg.MODEL.BACKBONE.FREEZE_AT}"
-        )
+    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
+    if not 0 <= freeze_at <= 5:
+        raise ValueError(f"MODEL.BACKBONE.FREEZE_AT: must be in 0..5, got {freeze_at!r}")
+    return args
+
+
+def validate_gcnet_config(cfg: CfgNode) -> None:
+    """Raise ``ValueError`` naming the key and value of any unusable GC / DCN / ResNet setting
+    (what the registered builders check before building)."""
+    _checked_config(cfg)
 
 
 @register_once(BACKBONE_REGISTRY)
@@ -242,62 +285,55 @@ def build_gcnet_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
 
 
 def _resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
-    validate_gcnet_config(cfg)
-    res, gc = cfg.MODEL.RESNETS, cfg.MODEL.GCNET
-    norm = resolve_norm(res.NORM, cfg.MODEL.DEVICE)
+    args = _checked_config(cfg)
     # Stem first: modules draw their initial weights in construction order.
-    stem = make_gcnet_stem(
-        norm, in_channels=input_shape.channels, out_channels=res.STEM_OUT_CHANNELS
-    )
-    stages = make_gcnet_stages(
-        res.DEPTH,
-        num_groups=res.NUM_GROUPS,
-        width_per_group=res.WIDTH_PER_GROUP,
-        norm=norm,
-        stride_in_1x1=res.STRIDE_IN_1X1,
-        res5_dilation=res.RES5_DILATION,
-        gc_stages=gc.STAGES_ON,
-        gc_ratio=gc.RATIO,
-        gc_pooling=gc.POOLING,
-        gc_fusion=gc.FUSION,
-        deform_stages=res.DEFORM_ON_PER_STAGE,
-        deform_num_groups=res.DEFORM_NUM_GROUPS,
-        in_channels=res.STEM_OUT_CHANNELS,
-        out_channels=res.RES2_OUT_CHANNELS,
-    )
+    stem = BasicStem(input_shape.channels, args["in_channels"], norm=args["norm"])
     return ResNet(
-        stem, stages, out_features=res.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
+        stem,
+        _make_stages(**args),
+        out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
     )
 
 
 def _fpn(
-    cfg: CfgNode, input_shape: ShapeSpec, make_top_block: Callable[[ResNet], nn.Module]
+    cfg: CfgNode,
+    input_shape: ShapeSpec,
+    make_top_block: Callable[[ResNet], nn.Module],
+    fpn_class: Callable[..., FPN],
 ) -> FPN:
-    validate_mmdet_train_config(cfg)
     bottom_up = _resnet(cfg, input_shape)
-    return MMDetFPN(
+    return fpn_class(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=make_top_block(bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        head_init=cfg.MODEL.MMDET_TRAIN.HEAD_INIT if "MMDET_TRAIN" in cfg.MODEL else "detectron2",
     )
 
 
 @register_once(BACKBONE_REGISTRY)
-def build_gcnet_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
-    """GC / DCN ResNet under an FPN with a stride-2 max-pooled P6 (Mask / Cascade R-CNN)."""
-    return _fpn(cfg, input_shape, lambda bottom_up: LastLevelMaxPool())
+def build_gcnet_resnet_fpn_backbone(
+    cfg: CfgNode, input_shape: ShapeSpec, *, fpn_class: Callable[..., FPN] = FPN
+) -> FPN:
+    """GC / DCN ResNet under an FPN with a stride-2 max-pooled P6 (Mask / Cascade R-CNN).
+
+    ``fpn_class``: detectron2's ``FPN``, or a callable taking its arguments that builds one
+    (the mmdetection recipe's builder passes its ``MMDetFPN``)."""
+    return _fpn(cfg, input_shape, lambda bottom_up: LastLevelMaxPool(), fpn_class)
 
 
 @register_once(BACKBONE_REGISTRY)
-def build_gcnet_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
-    """GC / DCN ResNet under an FPN with P6/P7 convs on C5 (RetinaNet-style, P3-P7)."""
+def build_gcnet_retinanet_resnet_fpn_backbone(
+    cfg: CfgNode, input_shape: ShapeSpec, *, fpn_class: Callable[..., FPN] = FPN
+) -> FPN:
+    """GC / DCN ResNet under an FPN with P6/P7 convs on C5 (RetinaNet-style, P3-P7);
+    ``fpn_class`` as in :func:`build_gcnet_resnet_fpn_backbone`."""
     out = cfg.MODEL.FPN.OUT_CHANNELS
     return _fpn(
         cfg,
         input_shape,
         lambda bottom_up: LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out),
+        fpn_class,
     )

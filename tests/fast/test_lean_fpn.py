@@ -12,7 +12,11 @@ from detectron2.modeling.backbone import FPN
 import gcnet_d2
 from benchmarks.memory import LiveTensorBytes
 from gcnet_d2.fast.lean_fpn import LeanFPN, disable_lean_fpn, enable_lean_fpn
-from gcnet_d2.modeling import MMDetFPN, build_gcnet_resnet_fpn_backbone
+from gcnet_d2.modeling import (
+    MMDetFPN,
+    build_gcnet_resnet_fpn_backbone,
+    build_gcnet_resnet_mmdet_fpn_backbone,
+)
 from gcnet_d2.modeling import build_gcnet_retinanet_resnet_fpn_backbone as retinanet_fpn
 from tests.testing import randomize
 
@@ -31,7 +35,7 @@ def _cfg(builder, fuse: str = "sum"):  # noqa: ANN001, ANN202
 def _pair(builder, fuse: str = "sum") -> tuple[FPN, LeanFPN]:  # noqa: ANN001
     """detectron2's own ``FPN`` and the built FPN switched to ``LeanFPN``, same modules."""
     built = builder(_cfg(builder, fuse), ShapeSpec(channels=3)).eval()
-    assert type(built) is MMDetFPN  # the builders make the plain model
+    assert type(built) is FPN  # the GC builders make detectron2's plain FPN
     randomize(built, std=0.05)
     lean = enable_lean_fpn(built)
     assert type(lean) is LeanFPN
@@ -62,9 +66,10 @@ def test_inference_equals_detectron2_fpn_bit_for_bit(builder, fuse):
 
 
 def test_enable_and_disable_switch_the_class_in_place():
-    """The built ``MMDetFPN`` becomes ``LeanFPN`` and back (same object, same state dict);
-    an FPN with a forward of its own is left alone."""
-    net = build_gcnet_resnet_fpn_backbone(_cfg(build_gcnet_resnet_fpn_backbone), ShapeSpec(3))
+    """The recipe's built ``MMDetFPN`` becomes ``LeanFPN`` and back to its own class (same
+    object, same state dict); an FPN with a forward of its own is left alone."""
+    cfg = _cfg(build_gcnet_resnet_fpn_backbone)
+    net = build_gcnet_resnet_mmdet_fpn_backbone(cfg, ShapeSpec(3))
     before = {k: v.clone() for k, v in net.state_dict().items()}
     assert enable_lean_fpn(enable_lean_fpn(net)) is net  # idempotent
     assert type(net) is LeanFPN

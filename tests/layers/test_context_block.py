@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcnet_d2.layers import ContextBlock, validate_context_args
+from gcnet_d2.layers import ContextBlock, context_arg_errors, validate_context_args
 from tests.testing import randomize  # every parameter ~ N(0, 0.2), zero-initialised convs too
 
 FUSIONS = [("channel_add",), ("channel_mul",), ("channel_add", "channel_mul")]
@@ -132,6 +132,16 @@ def test_bad_arguments_name_the_problem(ratio, pooling, fusion, match):
         validate_context_args(ratio, pooling, fusion)
     with pytest.raises(ValueError, match=match):
         ContextBlock(64, ratio, pooling, fusion)
+
+
+def test_errors_are_reported_per_argument():
+    """Each unusable argument under its own name, so a caller can name its own source."""
+    assert context_arg_errors(0.25, "att", ["channel_add"]) == {}
+    errors = context_arg_errors(2.0, "max", ["channel_add", "channel_add"])
+    assert sorted(errors) == ["fusion", "pooling", "ratio"]
+    assert "2.0" in errors["ratio"] and "'max'" in errors["pooling"]
+    assert "repeat" in errors["fusion"]
+    assert list(context_arg_errors(0.5, "avg", ["channel_sum"])) == ["fusion"]
 
 
 def test_ratio_too_small_for_channels():

@@ -10,7 +10,14 @@ from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 
 import gcnet_d2
-from gcnet_d2.modeling import ContextBlock, DeformConv2dWithOffset, FrozenStatsBatchNorm2d
+from gcnet_d2.modeling import (
+    ContextBlock,
+    DeformConv2dWithOffset,
+    FrozenStatsBatchNorm2d,
+    make_gcnet_stages,
+    validate_gcnet_config,
+)
+from gcnet_d2.modeling.backbone import CONFIG_KEYS
 
 BUILDERS = [
     "build_gcnet_resnet_backbone",
@@ -207,3 +214,128 @@ def test_bad_values_name_key_and_value(key, value, match):
     node[leaf] = value
     with pytest.raises(ValueError, match=match):
         build_backbone(cfg, ShapeSpec(channels=3))
+
+
+# --- one validation pass, every error naming its key --------------------------------------
+
+#: a value of each checked argument that cannot be built, with what the error must mention
+BAD_STAGE_ARGS = {
+    "depth": (34, "34"),
+    "norm": ("SuperBN", "'SuperBN'"),
+    "res5_dilation": (3, "3"),
+    "gc_stages": ([True, True, True], "4 booleans"),
+    "gc_ratio": (2.0, "2.0"),
+    "gc_pooling": ("max", "'max'"),
+    "gc_fusion": (["channel_add", "channel_add"], "repeat"),
+    "deform_stages": ([False, 2, False, False], "4 booleans"),
+}
+CONFIG_ONLY = [
+    ("MODEL.RESNETS.DEFORM_MODULATED", True, "DCN v1"),
+    ("MODEL.BACKBONE.FREEZE_AT", 6, "6"),
+]
+
+
+def set_key(cfg, key: str, value: object) -> None:  # noqa: ANN001
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def test_every_checked_argument_has_a_config_key_and_a_bad_case():
+    assert set(BAD_STAGE_ARGS) == set(CONFIG_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [(CONFIG_KEYS[arg], *bad) for arg, bad in BAD_STAGE_ARGS.items()] + CONFIG_ONLY,
+)
+def test_config_error_starts_with_its_key(key, value, expected):
+    """Loading (validate_gcnet_config) and building report the key first, then the value."""
+    cfg = make_cfg(builder=BUILDERS[0])
+    set_key(cfg, key, value)
+    for check in (validate_gcnet_config, lambda c: build_backbone(c, ShapeSpec(channels=3))):
+        with pytest.raises(ValueError) as info:
+            check(cfg)
+        assert str(info.value).startswith(f"{key}: "), str(info.value)
+        assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("arg", list(BAD_STAGE_ARGS))
+def test_stage_argument_error_starts_with_its_name(arg):
+    value, expected = BAD_STAGE_ARGS[arg]
+    with pytest.raises(ValueError) as info:
+        make_gcnet_stages(**{arg: value})
+    assert str(info.value).startswith(f"{arg}: "), str(info.value)
+    assert expected in str(info.value) and "MODEL." not in str(info.value)
+
+
+def test_one_validation_pass_on_the_real_values(monkeypatch):
+    """Building from a config checks the GC arguments once, with the config's own values
+    (no second pass, no placeholder arguments standing in for the others)."""
+    from gcnet_d2.modeling import backbone
+
+    calls = []
+    real = backbone.context_arg_errors
+    monkeypatch.setattr(
+        backbone, "context_arg_errors", lambda *args: calls.append(args) or real(*args)
+    )
+    cfg = make_cfg(ratio=1 / 4, builder=BUILDERS[0])
+    cfg.MODEL.GCNET.POOLING = "avg"
+    cfg.MODEL.GCNET.FUSION = ["channel_mul"]
+    build_backbone(cfg, ShapeSpec(channels=3))
+    assert calls == [(1 / 4, "avg", ["channel_mul"])]
+
+
+# --- the GC backbone knows nothing of mmdetection's recipe --------------------------------
+
+
+def _gcnet_d2_imports(path) -> set[str]:  # noqa: ANN001
+    """The gcnet_d2 modules ``path`` imports (relative imports resolved), by dotted name."""
+    import ast
+    from pathlib import Path
+
+    root = Path(gcnet_d2.__file__).parent.parent
+    package = ".".join(path.relative_to(root).parent.parts)  # what a level-1 import means
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m == "gcnet_d2" or m.startswith("gcnet_d2.")}
+
+
+def _module_file(name: str):  # noqa: ANN202
+    from pathlib import Path
+
+    path = Path(gcnet_d2.__file__).parent.parent.joinpath(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+@pytest.mark.parametrize("module", ["backbone", "bottleneck"])
+def test_backbone_modules_import_nothing_of_the_recipe(module):
+    """What the GC backbone modules import, and what that imports in turn (package
+    ``__init__`` files of what they import included), holds no ``mmdet_recipe`` module and no
+    recipe name."""
+    start = f"gcnet_d2.modeling.{module}"
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        todo.extend(_gcnet_d2_imports(path))
+    assert len(seen) > 3  # it did follow the imports (layers, registry, ...)
+    recipe = sorted(n for n in seen if "mmdet_recipe" in n or "mmdet" in n.rpartition(".")[2])
+    assert recipe == [], f"{start} imports {recipe}"

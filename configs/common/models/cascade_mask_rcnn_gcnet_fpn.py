@@ -12,8 +12,7 @@ from detectron2.modeling.roi_heads import (
 )
 from torch import nn
 
-from gcnet_d2.modeling import MMDetCascadeROIHeads
-from gcnet_d2.modeling.mmdet_recipe import MaxIoUMatcher
+from gcnet_d2.modeling.mmdet_recipe import MaxIoUMatcher, MMDetCascadeROIHeads
 
 from .mask_rcnn_gcnet_fpn import model
 

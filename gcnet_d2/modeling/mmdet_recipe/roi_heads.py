@@ -7,7 +7,8 @@ Detectron2 appends them and matches them with the rest), then ``subsample_labels
 ``ROI_HEADS`` budget. With ``MODEL.MMDET_TRAIN.MASK_PAD: batch`` bitmap GT masks are
 zero-padded to the batch's shape first (mmdetection 3.x). ``head_init="mmdet"`` initialises
 the box head's FCs and the mask logits as mmdetection does, in the constructor, so a model
-from ``build_model(cfg)`` and one from ``instantiate(cfg.model)`` start alike. Inference is
+from ``build_model(cfg)`` and one from ``instantiate(cfg.model)`` start alike. These three are
+:class:`~.roi_heads_recipe.ROIHeadsRecipeMixin`'s, shared with the cascade heads. Inference is
 ``StandardROIHeads``'s, with the detections selected by
 :func:`~gcnet_d2.modeling.box_selection.box_detections` (ties by index, one per-class NMS
 that eager PyTorch and ONNX Runtime compute alike).
@@ -16,59 +17,29 @@ that eager PyTorch and ONNX Runtime compute alike).
 from __future__ import annotations
 
 import torch
-from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances
 
-from ...config import validate_mmdet_train_config
 from ...registry import register_once
 from ..box_selection import box_detections
-from .init import init_roi_heads
-from .sampling import (
-    log_sample_sizes,
-    mmdet_roi_matcher,
-    pad_gt_masks_to_batch,
-    sample_with_gt_prepended,
-)
+from .roi_heads_recipe import ROIHeadsRecipeMixin
+from .sampling import mmdet_roi_matcher
 
 
 @register_once(ROI_HEADS_REGISTRY)
-class MMDetROIHeads(StandardROIHeads):
-    """Mask R-CNN heads with mmdetection's RoI sampling and head init (see module doc)."""
-
-    @configurable
-    def __init__(
-        self,
-        *,
-        mmdet_sampling: bool = False,
-        mask_pad: str = "image",
-        head_init: str = "detectron2",
-        **kwargs: object,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.mmdet_sampling = bool(mmdet_sampling)
-        self.mask_pad = mask_pad
-        self.head_init = head_init
-        init_roi_heads(self, head_init)
+class MMDetROIHeads(ROIHeadsRecipeMixin, StandardROIHeads):
+    """Mask R-CNN heads with mmdetection's RoI sampling and head init (see module doc); the
+    arguments are ``StandardROIHeads``'s plus :class:`~.roi_heads_recipe.ROIHeadsRecipeMixin`'s
+    ``mmdet_sampling``, ``mask_pad`` and ``head_init``."""
 
     @classmethod
     def from_config(cls, cfg, input_shape):  # noqa: ANN001, ANN206 - detectron2 signature
-        validate_mmdet_train_config(cfg)
         ret = super().from_config(cfg, input_shape)
-        t = cfg.MODEL.MMDET_TRAIN
-        if t.ROI_MAX_IOU_ASSIGNER:
+        if cfg.MODEL.MMDET_TRAIN.ROI_MAX_IOU_ASSIGNER:
             ret["proposal_matcher"] = mmdet_roi_matcher(
                 cfg, cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS, cfg.MODEL.ROI_HEADS.IOU_LABELS
             )
-        ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
-        ret["mask_pad"] = t.MASK_PAD
-        ret["head_init"] = t.HEAD_INIT
         return ret
-
-    def forward(self, images, features, proposals, targets=None):  # noqa: ANN001, ANN201
-        if self.training and self.mask_pad == "batch" and targets is not None:
-            pad_gt_masks_to_batch(images, targets)
-        return super().forward(images, features, proposals, targets)
 
     @torch.no_grad()
     def label_and_sample_proposals(
@@ -76,19 +47,7 @@ class MMDetROIHeads(StandardROIHeads):
     ) -> list[Instances]:
         if not self.mmdet_sampling:
             return super().label_and_sample_proposals(proposals, targets)
-        sampled = [
-            sample_with_gt_prepended(
-                p.proposal_boxes,
-                t,
-                self.proposal_matcher,
-                self.batch_size_per_image,
-                self.positive_fraction,
-                self.num_classes,
-            )
-            for p, t in zip(proposals, targets, strict=True)
-        ]
-        log_sample_sizes(sampled, self.num_classes)
-        return sampled
+        return self.sample_like_mmdet(proposals, targets, self.proposal_matcher)
 
     def _forward_box(self, features, proposals):  # noqa: ANN001, ANN202 - detectron2 signature
         if self.training:

@@ -22,10 +22,10 @@ from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from ...config import validate_mmdet_train_config
 from ...registry import register_once
 from ..box_selection import top_proposals
 from .matcher import MaxIoUMatcher
+from .validation import validate_mmdet_train_config
 
 
 def valid_anchor_mask(

@@ -2,8 +2,8 @@
 
 ``MaxIoUAssigner`` + ``RandomSampler(add_gt_as_proposals=True)``: the proposals are matched
 by :class:`~.matcher.MaxIoUMatcher`, the GT boxes are *prepended* as positives of their own
-GT, then ``subsample_labels`` draws the budget. Shared by :class:`~.roi_heads.MMDetROIHeads`
-and the cascade stages of :class:`~gcnet_d2.modeling.MMDetCascadeROIHeads`.
+GT, then ``subsample_labels`` draws the budget. Used by both RoI heads of the recipe through
+:class:`~.roi_heads_recipe.ROIHeadsRecipeMixin` (every cascade stage samples this way).
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from detectron2.utils.events import get_event_storage
 
 from .indexed_masks import IndexedBitMasks
 from .matcher import MaxIoUMatcher
+
+#: ``MODEL.MMDET_TRAIN.MASK_PAD`` / ``mask_pad``: GT bitmaps padded per image (mmdetection
+#: 2.x) or to the padded batch (3.x, :func:`pad_gt_masks_to_batch`).
+MASK_PAD_MODES = ("image", "batch")
 
 
 def sample_with_gt_prepended(
@@ -103,6 +107,7 @@ def log_sample_sizes(sampled: list[Instances], num_classes: int) -> None:
 
 
 __all__ = [
+    "MASK_PAD_MODES",
     "log_sample_sizes",
     "mmdet_roi_matcher",
     "pad_gt_masks_to_batch",

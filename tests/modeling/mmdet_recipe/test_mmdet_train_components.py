@@ -257,6 +257,10 @@ def test_mmdet_head_init():
             ("MODEL.MMDET_TRAIN.MASK_PAD", "MODEL.ROI_HEADS.NAME"),
         ),
         ({"MODEL.MMDET_TRAIN.RPN_MIN_POS_IOU": 1.5}, ("MODEL.MMDET_TRAIN.RPN_MIN_POS_IOU",)),
+        (  # the GC backbone's own builder: detectron2's FPN, no recipe init
+            {"MODEL.BACKBONE.NAME": "build_gcnet_resnet_fpn_backbone"},
+            ("MODEL.MMDET_TRAIN.HEAD_INIT", "MODEL.BACKBONE.NAME"),
+        ),
     ],
 )
 def test_incompatible_options_fail_at_build_naming_the_keys(overrides, keys):
@@ -264,6 +268,15 @@ def test_incompatible_options_fail_at_build_naming_the_keys(overrides, keys):
         build_model(_cfg(**overrides))
     for key in keys:
         assert key in str(err.value)
+
+
+def test_recipe_parts_need_gcnet_d2s_keys():
+    from detectron2.config import get_cfg
+
+    from gcnet_d2.modeling.mmdet_recipe import validate_mmdet_train_config
+
+    with pytest.raises(ValueError, match=r"MODEL\.MMDET_TRAIN.*add_gcnet_config"):
+        validate_mmdet_train_config(get_cfg())
 
 
 def test_cascade_resample_needs_the_mmdet_sampler():

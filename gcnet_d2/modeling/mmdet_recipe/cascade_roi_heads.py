@@ -18,6 +18,9 @@ GCNet cascade checkpoints), this class follows mmdetection:
   2 and 3 take the refined boxes of the previous stage's sample *minus its GT rows*, match
   them at their own IoU, prepend the GTs again and re-sample (Detectron2 relabels all refined
   boxes of the first sample, without GTs or re-sampling).
+
+The sampling, ``MASK_PAD`` and ``HEAD_INIT`` plumbing is
+:class:`~.roi_heads_recipe.ROIHeadsRecipeMixin`'s, shared with :class:`~.roi_heads.MMDetROIHeads`.
 """
 
 from __future__ import annotations
@@ -34,40 +37,31 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..config import validate_mmdet_train_config
-from ..registry import register_once
-from .box_selection import box_detections
-from .mmdet_recipe.init import init_roi_heads
-from .mmdet_recipe.sampling import (
-    log_sample_sizes,
-    mmdet_roi_matcher,
-    pad_gt_masks_to_batch,
-    sample_with_gt_prepended,
-)
+from ...registry import register_once
+from ..box_selection import box_detections
+from .roi_heads_recipe import ROIHeadsRecipeMixin
+from .sampling import mmdet_roi_matcher
 
 
 @register_once(ROI_HEADS_REGISTRY)
-class MMDetCascadeROIHeads(CascadeROIHeads):
+class MMDetCascadeROIHeads(ROIHeadsRecipeMixin, CascadeROIHeads):
     """Cascade (Mask) R-CNN heads with mmdetection's test path, per-stage mask heads and
-    per-stage loss weights. See the module docstring."""
+    per-stage loss weights. See the module docstring. The arguments are ``CascadeROIHeads``'s,
+    :class:`~.roi_heads_recipe.ROIHeadsRecipeMixin`'s (``mmdet_sampling``, ``mask_pad``,
+    ``head_init``), ``stage_loss_weights`` and ``cascade_resample``."""
 
     @configurable
     def __init__(
         self,
         *,
         stage_loss_weights: Sequence[float],
-        mmdet_sampling: bool = False,
         cascade_resample: bool = False,
-        mask_pad: str = "image",
-        head_init: str = "detectron2",
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        if cascade_resample and not mmdet_sampling:
+        if cascade_resample and not self.mmdet_sampling:
             raise ValueError("cascade_resample needs mmdet_sampling (GT rows are dropped)")
-        self.mmdet_sampling = bool(mmdet_sampling)
         self.cascade_resample = bool(cascade_resample)
-        self.mask_pad = mask_pad
         if len(stage_loss_weights) != self.num_cascade_stages:
             raise ValueError(
                 "MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS needs one weight per stage "
@@ -76,22 +70,16 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         if self.mask_on and len(self.mask_head) != self.num_cascade_stages:
             raise ValueError("MMDetCascadeROIHeads needs one mask head per cascade stage")
         self.stage_loss_weights = tuple(float(w) for w in stage_loss_weights)
-        self.head_init = head_init
-        init_roi_heads(self, head_init)
 
     @classmethod
     def from_config(cls, cfg, input_shape):  # noqa: ANN001, ANN206 - detectron2 signature
-        validate_mmdet_train_config(cfg)
         ret = super().from_config(cfg, input_shape)
         ret["stage_loss_weights"] = cfg.MODEL.ROI_BOX_CASCADE_HEAD.STAGE_LOSS_WEIGHTS
         t = cfg.MODEL.MMDET_TRAIN
         if t.ROI_MAX_IOU_ASSIGNER:
             ious = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS
             ret["proposal_matchers"] = [mmdet_roi_matcher(cfg, [iou], [0, 1]) for iou in ious]
-        ret["mmdet_sampling"] = t.ROI_MAX_IOU_ASSIGNER
         ret["cascade_resample"] = t.CASCADE_RESAMPLE
-        ret["mask_pad"] = t.MASK_PAD
-        ret["head_init"] = t.HEAD_INIT
         return ret
 
     @classmethod
@@ -116,13 +104,11 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
         return {"mask_in_features": in_features, "mask_pooler": pooler, "mask_head": heads}
 
     def forward(self, images, features, proposals, targets=None):  # noqa: ANN001, ANN201
-        if self.training:
-            if self.mask_pad == "batch" and targets is not None:
-                pad_gt_masks_to_batch(images, targets)
-            proposals = self.label_and_sample_proposals(proposals, targets)
-            return proposals, self._train_stages(features, proposals, targets)
-        instances = self._forward_box(features, proposals)
-        return self.forward_with_given_boxes(features, instances), {}
+        if not self.training:
+            return super().forward(images, features, proposals, targets)
+        self.pad_gt_masks(images, targets)
+        proposals = self.label_and_sample_proposals(proposals, targets)
+        return proposals, self._train_stages(features, proposals, targets)
 
     @torch.no_grad()
     def label_and_sample_proposals(
@@ -133,20 +119,9 @@ class MMDetCascadeROIHeads(CascadeROIHeads):
             if stage != 0:
                 raise RuntimeError("Detectron2's sampler only samples the first stage")
             return super().label_and_sample_proposals(proposals, targets)
-        sampled = [
-            sample_with_gt_prepended(
-                p.proposal_boxes,
-                t,
-                self.proposal_matchers[stage],
-                self.batch_size_per_image,
-                self.positive_fraction,
-                self.num_classes,
-            )
-            for p, t in zip(proposals, targets, strict=True)
-        ]
-        if stage == 0:
-            log_sample_sizes(sampled, self.num_classes)
-        return sampled
+        return self.sample_like_mmdet(
+            proposals, targets, self.proposal_matchers[stage], log=stage == 0
+        )
 
     def _resample_stage(
         self,

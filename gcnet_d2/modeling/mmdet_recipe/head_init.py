@@ -11,11 +11,12 @@ Read off mmdetection's models built from its own configs (``init_cfg`` and the m
 Equal already, so untouched: RPN convs (normal 0.01), box classifier / regressor (normal
 0.01 / 0.001), mask convs and deconv (kaiming_normal fan_out = ``c2_msra_fill``).
 
-The init is part of the model: :class:`MMDetFPN` and the RoI heads of gcnet_d2 take a
-``head_init`` argument and apply it in their constructors, right after their layers draw
-Detectron2's initial weights. ``build_model(cfg)`` (``MODEL.MMDET_TRAIN.HEAD_INIT``) and
-``instantiate(cfg.model)`` (the LazyConfigs' ``head_init=``) then draw the same numbers in the
-same order: with one seed, the same initial model.
+The init is part of the model: :class:`~.fpn.MMDetFPN` and the recipe's RoI heads
+(:class:`~.roi_heads_recipe.ROIHeadsRecipeMixin`) take a ``head_init`` argument and apply it
+in their constructors, right after their layers draw Detectron2's initial weights.
+``build_model(cfg)`` (``MODEL.MMDET_TRAIN.HEAD_INIT``) and ``instantiate(cfg.model)`` (the
+LazyConfigs' ``head_init=``) then draw the same numbers in the same order: with one seed, the
+same initial model.
 """
 
 from __future__ import annotations
@@ -76,23 +77,11 @@ def init_roi_heads(roi_heads: nn.Module, head_init: str) -> None:
         init_mask_head_like_mmdet(head)
 
 
-class MMDetFPN(FPN):
-    """detectron2's ``FPN`` (same arguments, modules, forward and state dict) whose lateral
-    and output convs start as mmdetection's with ``head_init="mmdet"``."""
-
-    def __init__(self, *args: object, head_init: str = "detectron2", **kwargs: object) -> None:
-        check_head_init(head_init)
-        super().__init__(*args, **kwargs)
-        self.head_init = head_init
-        if head_init == "mmdet":
-            init_fpn_like_mmdet(self)
-
-
 def init_like_mmdet(model: nn.Module) -> nn.Module:
     """Every FPN, box head and mask head of ``model`` initialised as above; returns ``model``.
 
-    For a model assembled from detectron2's own classes; gcnet_d2's FPN and RoI heads do this
-    themselves with ``head_init="mmdet"``.
+    For a model assembled from detectron2's own classes; the recipe's FPN and RoI heads do
+    this themselves with ``head_init="mmdet"``.
     """
     from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
 
