@@ -25,6 +25,7 @@ calibration pass) *before* its weights are converted to ours, so it cannot run o
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import itertools
 import json
@@ -518,3 +519,22 @@ def tiny_detector(family: str, seed: int = 0) -> tuple[CfgNode, nn.Module]:
     with the speed-ups ``tools/export_model.py`` applies (:func:`gcnet_d2.fast.apply`)."""
     cfg = export_cfg(family)
     return cfg, fast.apply(realistic_export_model(cfg, seed), cfg)
+
+
+def imported_modules(path: Path) -> set[str]:
+    r"""Absolute names of the modules (and ``module.name``\ s) that gcnet_d2's file ``path``
+    imports, relative imports resolved: read from its source, nothing is run."""
+    root = Path(__file__).resolve().parent.parent
+    package = ".".join(Path(path).resolve().relative_to(root).parent.parts)
+    names = set()
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base]) if base else ".".join(parent)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names

@@ -4,31 +4,14 @@ which imports nothing of gcnet_d2)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
 import gcnet_d2
+from tests.testing import imported_modules
 
 PACKAGE = Path(gcnet_d2.__file__).parent
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Absolute names of the modules ``path`` imports (relative imports resolved)."""
-    package = ".".join(("gcnet_d2", *path.relative_to(PACKAGE).parent.parts))
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parent, base]) if base else ".".join(parent)
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
 
 
 def test_the_import_reader_resolves_relative_imports():

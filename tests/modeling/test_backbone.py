@@ -18,6 +18,7 @@ from gcnet_d2.modeling import (
     validate_gcnet_config,
 )
 from gcnet_d2.modeling.backbone import CONFIG_KEYS
+from tests.testing import imported_modules
 
 BUILDERS = [
     "build_gcnet_resnet_backbone",
@@ -293,24 +294,7 @@ def test_one_validation_pass_on_the_real_values(monkeypatch):
 
 def _gcnet_d2_imports(path) -> set[str]:  # noqa: ANN001
     """The gcnet_d2 modules ``path`` imports (relative imports resolved), by dotted name."""
-    import ast
-    from pathlib import Path
-
-    root = Path(gcnet_d2.__file__).parent.parent
-    package = ".".join(path.relative_to(root).parent.parts)  # what a level-1 import means
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                parts = parts[: len(parts) - node.level + 1]
-                base = ".".join(parts + ([node.module] if node.module else []))
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m == "gcnet_d2" or m.startswith("gcnet_d2.")}
+    return {m for m in imported_modules(path) if m == "gcnet_d2" or m.startswith("gcnet_d2.")}
 
 
 def _module_file(name: str):  # noqa: ANN202
