@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ..data.validation import validate_coco_json
 from ..errors import DatasetError
 
 __all__ = ["CocoSet", "evaluate_onnx", "load_coco_set", "runtime_module"]
@@ -57,37 +57,18 @@ class CocoSet:
 
 
 def load_coco_set(annotations: str, image_dir: str) -> CocoSet:
-    """Read and check ``annotations`` (COCO json) and ``image_dir``: every listed image must be
-    a file there, and there must be images, categories and annotations. Raises
-    :class:`~gcnet_d2.errors.DatasetError` naming the file and the problem."""
-    try:
-        with open(annotations, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise DatasetError(f"annotation file {annotations}: cannot be read ({e.strerror})") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"annotation file {annotations}: not JSON ({e})") from e
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
-    ):
-        raise DatasetError(
-            f"annotation file {annotations}: not COCO format (needs lists 'images', "
-            "'annotations' and 'categories')"
-        )
+    """Read and check ``annotations`` (a COCO instances file: :func:`validate_coco_json`) and
+    ``image_dir``: every listed image must be a file there, and there must be images,
+    categories and annotations. Raises :class:`~gcnet_d2.errors.DatasetError` naming the file
+    and the problem."""
+    data = validate_coco_json(annotations)
     for key in ("images", "annotations", "categories"):
-        if not data[key]:
+        if not data.get(key):
             raise DatasetError(f"annotation file {annotations}: no {key}")
     if not os.path.isdir(image_dir):
         raise DatasetError(f"image folder {image_dir}: no such folder")
-    try:
-        images = tuple(
-            (int(im["id"]), os.path.join(image_dir, str(im["file_name"]))) for im in data["images"]
-        )
-        category_ids = tuple(sorted(int(c["id"]) for c in data["categories"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError(
-            f"annotation file {annotations}: bad image or category entry ({e})"
-        ) from e
+    images = tuple((im["id"], os.path.join(image_dir, im["file_name"])) for im in data["images"])
+    category_ids = tuple(sorted(c["id"] for c in data["categories"]))
     missing = [path for _, path in images if not os.path.isfile(path)]
     if missing:
         raise DatasetError(
