@@ -135,14 +135,6 @@ def _autocast_on(args: tuple) -> str | None:
     return None
 
 
-def _to_float32(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.float()
-    if isinstance(value, list | tuple):
-        return type(value)(_to_float32(v) for v in value)
-    return value
-
-
 class _Float32Forward:
     """Forward hooks that run a module with autocast off on float32 inputs."""
 
@@ -157,7 +149,7 @@ class _Float32Forward:
         off = torch.autocast(kind, enabled=False)
         off.__enter__()
         self._open.append(off)
-        return _to_float32(args)
+        return float32_outputs(args)
 
     def after(self, module: nn.Module, args: tuple, output: Any) -> None:
         off = self._open.pop()
