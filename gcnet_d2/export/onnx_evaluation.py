@@ -25,7 +25,7 @@ import numpy as np
 from ..data.validation import validate_coco_json
 from ..errors import DatasetError
 
-__all__ = ["CocoSet", "evaluate_onnx", "load_coco_set", "runtime_module"]
+__all__ = ["CocoSet", "evaluate_onnx", "load_coco_set", "read_bgr", "runtime_module"]
 
 RUNTIME_PATH = Path(__file__).resolve().parents[2] / "deploy" / "onnx_predictor.py"
 
@@ -43,6 +43,17 @@ def runtime_module() -> ModuleType:
     spec.loader.exec_module(module)
     sys.modules[name] = module
     return module
+
+
+def read_bgr(path: str, what: str = "image") -> np.ndarray:
+    """The BGR uint8 image at ``path`` (as the runtime takes it); :class:`DatasetError`
+    naming ``what`` and the file when OpenCV cannot decode it."""
+    import cv2
+
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"{what} {path}: not an image OpenCV decodes")
+    return image
 
 
 @dataclass(frozen=True)
@@ -110,17 +121,13 @@ def evaluate_onnx(
     """AP (COCO's AP@[.5:.95], in percent) of the ONNX detector file ``model_path`` on
     ``coco``: ``{"bbox": ..., "segm": ...}`` (``segm`` only for a file with masks; 0.0 when
     nothing is detected at all)."""
-    import cv2
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     predictor = runtime_module().ONNXPredictor(model_path, threads=threads)
     results = []
     for image_id, path in coco.images:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise DatasetError(f"image {path}: not an image OpenCV decodes")
-        results += coco_results(image_id, predictor(image), coco.category_ids)
+        results += coco_results(image_id, predictor(read_bgr(path)), coco.category_ids)
     kinds = ("bbox", "segm") if predictor.has_masks else ("bbox",)
     if not results:
         return dict.fromkeys(kinds, 0.0)

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, DatasetError
 from .errors import ExportRouteError, require_package
-from .onnx_evaluation import CocoSet, evaluate_onnx, load_coco_set, runtime_module
+from .onnx_evaluation import CocoSet, evaluate_onnx, load_coco_set, read_bgr, runtime_module
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -122,15 +122,6 @@ def calibration_files(folder: str, count: int) -> list[str]:
     return [os.path.join(folder, n) for n in names[:count]]
 
 
-def _read_bgr(path: str) -> np.ndarray:
-    import cv2
-
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"calibration image {path}: not an image OpenCV decodes")
-    return image
-
-
 def plan_from_args(args: argparse.Namespace) -> Int8Plan | None:
     """The int8 step the tool's flags ask for (None without ``--quantize``), every input
     checked before anything slow runs."""
@@ -156,7 +147,7 @@ def plan_from_args(args: argparse.Namespace) -> Int8Plan | None:
     coco = load_coco_set(*args.evaluate_on) if args.evaluate_on else None
     return Int8Plan(
         calibration_dir=args.calibration_images,
-        images=[_read_bgr(p) for p in paths],
+        images=[read_bgr(p, "calibration image") for p in paths],
         activation_type=args.activation_type,
         op_types=op_types,
         coco=coco,
