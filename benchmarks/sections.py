@@ -198,18 +198,24 @@ def section_backbone(s: Settings, timer: Timer) -> list[dict]:
     return rows
 
 
+def time_detectors(
+    models: dict[str, nn.Module], inputs: list, base: str, rounds: int, timer: Timer
+) -> tuple[dict, dict[str, int]]:
+    """Detectors timed side by side on ``inputs`` (inference mode) against ``base``: the
+    timer's result and each model's number of detections."""
+    with torch.inference_mode():
+        dets = {k: len(m(inputs)[0]["instances"]) for k, m in models.items()}
+        res = timer.compare(
+            {k: partial(m, inputs) for k, m in models.items()}, base, rounds, min_sample_s=0.0
+        )
+    return res, dets
+
+
 def section_model(s: Settings, timer: Timer) -> list[dict]:
     variants = (PLAIN, R16, R4) if s.quick else (PLAIN, R16, R4, CONTROL)
     models = build_models(s.device, s.image, variants)
     inputs = inference_inputs(s.image, s.device)
-    with torch.inference_mode():
-        dets = {k: len(m(inputs)[0]["instances"]) for k, m in models.items()}
-        res = timer.compare(
-            {k: partial(m, inputs) for k, m in models.items()},
-            PLAIN,
-            s.rounds(11, 1),
-            min_sample_s=0.0,
-        )
+    res, dets = time_detectors(models, inputs, PLAIN, s.rounds(11, 1), timer)
     h, w = s.image
     row = _row(f"Mask R-CNN R-50 inference {h}x{w}", "", 1, res, PLAIN, detections=dets)
     _print_row(row)

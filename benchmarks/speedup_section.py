@@ -32,7 +32,7 @@ from gcnet_d2 import fast
 
 from .fixtures import CONTROL, PLAIN, R4, R16, build_backbones, build_models, inference_inputs
 from .report import make_row, print_row
-from .sections import Settings
+from .sections import Settings, time_detectors
 from .timing import Timer
 
 BASE = "plain, plain code"
@@ -84,14 +84,7 @@ def section_speedups(s: Settings, timer: Timer) -> list[dict]:
         del nets
     models = speedup_variants(build_models(s.device, s.image))
     inputs = inference_inputs(s.image, s.device)
-    with torch.inference_mode():
-        dets = {k: len(m(inputs)[0]["instances"]) for k, m in models.items()}
-        res = timer.compare(
-            {k: partial(m, inputs) for k, m in models.items()},
-            BASE,
-            s.rounds(9, 1),
-            min_sample_s=0.0,
-        )
+    res, dets = time_detectors(models, inputs, BASE, s.rounds(9, 1), timer)
     h, w = s.image
     section = f"speed-ups: Mask R-CNN R-50 inference {h}x{w}"
     rows.append(make_row(section, "", 1, res, BASE, pairs=PAIRS, detections=dets))
