@@ -355,8 +355,14 @@ NORM_TYPES = (FrozenBatchNorm2d, FrozenStatsBatchNorm2d, nn.modules.batchnorm._B
 @contextlib.contextmanager
 def plain_code(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` on its plain modules inside the block (:func:`gcnet_d2.fast.remove`), then
-    back to the speed-ups it had, each module's settings included."""
+    back to the speed-ups it had, each module's settings and weights' memory order included."""
+    from gcnet_d2.fast.channels_last import enable_channels_last, is_channels_last
+
     saved = [(m, type(m), dict(m.__dict__)) for m in model.modules()]
+    channels_last = [
+        m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
+        and is_channels_last(m.weight)
+    ]  # fmt: skip
     fast.remove(model)
     try:
         yield model
@@ -365,6 +371,8 @@ def plain_code(model: nn.Module) -> Iterator[nn.Module]:
             m.__class__ = cls
             for key, value in attrs.items():  # what remove() dropped (fold_norm, gemm_1x1, ...)
                 m.__dict__.setdefault(key, value)
+        for m in channels_last:
+            enable_channels_last(m)
 
 
 @torch.no_grad()

@@ -23,6 +23,8 @@ same names in lower case; :class:`FastOptions`):
                               (:mod:`.roi_align`)
 ``LEAN_FPN``                  FPN inference holding fewer maps at once (:mod:`.lean_fpn`)
 ``COMPILE``                   ``torch.compile`` of ``model.backbone`` with that backend
+``CHANNELS_LAST``             convolution weights in channels-last memory order
+                              (:mod:`.channels_last`)
 ============================  ===========================================================
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .channels_last import disable_channels_last, enable_channels_last
 from .conv1x1_gemm import conv1x1_as_gemm
 from .gc_fold import disable_gc_fold, enable_gc_fold
 from .lean_fpn import LeanFPN, disable_lean_fpn, enable_lean_fpn
@@ -56,6 +59,7 @@ def apply(model: nn.Module, options: FastOptions | object | None = None) -> nn.M
     (enable_gc_fold if options.fold_frozen_norms else disable_gc_fold)(model)
     (enable_parallel_roi_align if options.parallel_roi_align else disable_parallel_roi_align)(model)
     (enable_lean_fpn if options.lean_fpn else disable_lean_fpn)(model)
+    (enable_channels_last if options.channels_last else disable_channels_last)(model)
     if options.compile:
         backbone = getattr(model, "backbone", model)
         backbone.compile(backend=options.compile)
@@ -68,6 +72,7 @@ def remove(model: nn.Module) -> nn.Module:
     disable_gc_fold(model)
     disable_parallel_roi_align(model)
     disable_lean_fpn(model)
+    disable_channels_last(model)
     return model
 
 

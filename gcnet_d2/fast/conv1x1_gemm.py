@@ -12,7 +12,9 @@ Same function up to float32 summation order (~1e-6 relative, as the norm fold). 
 eager CPU inference and in ``torch.jit.trace`` (the product traces with symbolic sizes; the
 size test is read at trace time); training, ``torch.compile`` and ``torch.export`` (ONNX)
 use ``F.conv2d``. ``FAST.CONV1X1_GEMM`` switches it: the modules it marks are the
-:class:`~.norm_fold.NormFoldingConv2d` ones with ``gemm_1x1`` set.
+:class:`~.norm_fold.NormFoldingConv2d` ones with ``gemm_1x1`` set. It reads NCHW maps only:
+with ``FAST.CHANNELS_LAST`` (:mod:`.channels_last`, on by default) oneDNN takes channels-last
+maps without reordering and the product is not taken.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ class FastOptions:
     parallel_roi_align: bool = True
     lean_fpn: bool = True
     compile: str = ""  # a torch.compile backend for model.backbone, or "" (eager)
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -119,7 +119,8 @@ class ParallelROIAlign(ROIAlign):
         if input.dtype not in (torch.float32, torch.float64):
             # torchvision's CPU kernels are float32 / float64 only; its autocast rule, which
             # casts to float32, does not reach the worker threads.
-            return self.forward(input.float(), rois).to(input.dtype)
+            float32 = input.to(torch.float32, memory_format=torch.contiguous_format)
+            return self.forward(float32, rois).to(input.dtype)
         sizes = self._balanced_sizes(rois, min(threads, rois.shape[0] // MIN_BOXES_PER_THREAD))
         if torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad):
             return _ParallelROIAlignFunction.apply(input, rois.to(dtype=input.dtype), self, sizes)
@@ -133,6 +134,7 @@ class ParallelROIAlign(ROIAlign):
     ) -> torch.Tensor:
         pool = _executor(len(sizes))
         inference = torch.is_inference_mode_enabled()
+        input = input.contiguous()  # noqa: A001 - once here, not by the kernel in every chunk
         parts = [pool.submit(_pool_chunk, self, input, r, inference) for r in rois.split(sizes)]
         return torch.cat([p.result() for p in parts])
 

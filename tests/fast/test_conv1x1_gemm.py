@@ -78,11 +78,13 @@ def test_folded_norm_and_activation_kept():
 
 def test_detector_uses_products_and_matches_convolutions(calls):
     """Table config: the 1x1 convs of the bottom-up, the FPN laterals and the mask logits are
-    marked; CONV1X1_GEMM off marks none; detections agree (same classes, close boxes)."""
+    marked; CONV1X1_GEMM off marks none; detections agree (same classes, close boxes). The
+    products apply to NCHW maps: CHANNELS_LAST (channels-last maps) is off here."""
 
     def build(on: bool):  # noqa: ANN202
         cfg = tiny_cfg(R50_GC)
         cfg.FAST.CONV1X1_GEMM = on
+        cfg.FAST.CHANNELS_LAST = False
         model = build_model(cfg).eval()
         assert not any(isinstance(m, NormFoldingConv2d) for m in model.modules())  # plain
         return fast.apply(model, cfg)  # the same options but for CONV1X1_GEMM

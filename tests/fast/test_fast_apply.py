@@ -23,6 +23,7 @@ import gcnet_d2
 from gcnet_d2 import fast
 from gcnet_d2.config import DETECTRON2_TRAINING_COMPONENTS
 from gcnet_d2.fast import FastOptions, LeanFPN, NormFoldingConv2d, ParallelROIAlign
+from gcnet_d2.fast.channels_last import is_channels_last
 from gcnet_d2.fast.gc_fold import FoldedDeformGCBottleneckBlock, FoldedGCBottleneckBlock
 from gcnet_d2.modeling import (
     DeformGCBottleneckBlock,
@@ -36,7 +37,7 @@ from tests.testing import randomize, realistic_weights, tiny_cfg
 
 CONFIG = "gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco.yaml"
 CASCADE = "gcnet/cascade_mask_rcnn_x101_32x4d_fpn_syncbn-backbone_r4_gcb_c3-c5_1x_coco.yaml"
-FLAGS = ("FOLD_FROZEN_NORMS", "CONV1X1_GEMM", "PARALLEL_ROI_ALIGN", "LEAN_FPN")
+FLAGS = ("FOLD_FROZEN_NORMS", "CONV1X1_GEMM", "PARALLEL_ROI_ALIGN", "LEAN_FPN", "CHANNELS_LAST")
 FOLDED = (FoldedGCBottleneckBlock, FoldedDeformGCBottleneckBlock)
 
 
@@ -73,6 +74,8 @@ def what_is_fast(model: torch.nn.Module) -> set[str]:
         found.add("PARALLEL_ROI_ALIGN")
     if any(type(m) is LeanFPN for m in modules):
         found.add("LEAN_FPN")
+    if any(is_channels_last(m.weight) for m in modules if isinstance(m, torch.nn.Conv2d)):
+        found.add("CHANNELS_LAST")
     return found
 
 
@@ -82,6 +85,7 @@ ALL_FAST = {
     "CONV1X1_GEMM",
     "PARALLEL_ROI_ALIGN",
     "LEAN_FPN",
+    "CHANNELS_LAST",
 }
 
 
@@ -208,7 +212,8 @@ def test_parallel_roi_align_on_stock_heads_gives_the_same_detections(monkeypatch
         torch.manual_seed(0)
         plain = build_model(cfg).eval()
         threaded = fast.apply(
-            copy.deepcopy(plain), FastOptions(False, False, parallel_roi_align=True, lean_fpn=False)
+            copy.deepcopy(plain),
+            FastOptions(False, False, parallel_roi_align=True, lean_fpn=False, channels_last=False),
         )
         assert what_is_fast(threaded) == {"PARALLEL_ROI_ALIGN"}
         image = (torch.rand(3, 192, 256, generator=torch.Generator().manual_seed(2)) * 255).round()
@@ -254,7 +259,7 @@ def test_each_key_switches_only_its_modules(plain_model, off, via):
 def test_defaults_switch_everything_and_all_off_nothing(plain_model):
     assert what_is_fast(fast.apply(copy.deepcopy(plain_model))) == ALL_FAST
     assert what_is_fast(fast.apply(copy.deepcopy(plain_model), fast_cfg())) == ALL_FAST
-    off = FastOptions(False, False, False, False)
+    off = FastOptions(False, False, False, False, channels_last=False)
     model = fast.apply(copy.deepcopy(plain_model), off)
     assert what_is_fast(model) == set()
     assert classes(model) == classes(plain_model)
