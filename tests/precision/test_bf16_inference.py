@@ -213,3 +213,63 @@ def test_folded_gc_bottleneck_pools_in_float32_under_autocast() -> None:
             got = pool_projected(block, h, weight, bias)
     assert got.dtype == torch.float32
     assert torch.equal(got, expected)
+
+
+def test_float32_copies_are_made_once_per_map_and_layout() -> None:
+    """The float32 parts share one copy of each map they read (no gradient recorded): the
+    same tensor and layout give the same copy, another layout or a gradient-recording call a
+    new one; a copy goes with its map and with the end of the inference block."""
+    copies = precision._Float32Copies()
+    x = torch.randn(1, 4, 6, 8, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        a = copies(x)
+        assert a.dtype == torch.float32 and torch.equal(a, x.float())
+        assert copies(x) is a
+        nchw = copies(x, torch.contiguous_format)
+        assert nchw is not a and nchw.is_contiguous() and torch.equal(nchw, a)
+        same_values = x.clone()
+        assert copies(same_values) is not a  # another map
+    assert copies(x) is not a  # gradients recorded: a fresh cast each time
+    y = torch.randn(2, 3, dtype=torch.bfloat16)
+    with torch.no_grad():
+        copies(y)
+    assert len(copies._copies) == 4
+    del y
+    assert len(copies._copies) == 3  # went with its map
+    copies.clear()
+    assert not copies._copies
+
+
+def test_each_map_is_cast_once_per_detector_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a bf16 forward every map the float32 parts read is cast once: the RPN's two output
+    layers share their input's copy, the box and mask poolers each FPN level's; the block's
+    end drops the copies."""
+    model = realistic_export_model(export_cfg("gc_mask"))
+    casts: list[tuple] = []
+    calls: list[tuple] = []
+    real_cast, real_call = precision._Float32Copies._cast, precision._Float32Copies.__call__
+
+    def cast(t, memory_format):  # noqa: ANN001, ANN202
+        casts.append((id(t), memory_format))
+        return real_cast(t, memory_format)
+
+    def call(self, t, memory_format=torch.preserve_format):  # noqa: ANN001, ANN202
+        calls.append((id(t), memory_format))
+        return real_call(self, t, memory_format)
+
+    monkeypatch.setattr(precision._Float32Copies, "_cast", staticmethod(cast))
+    monkeypatch.setattr(precision._Float32Copies, "__call__", call)
+    reads: list[tuple] = []
+    handles = [
+        m.register_forward_pre_hook(lambda m, args: reads.append(tuple(args[0].shape)))
+        for m in precision.float32_modules(model)
+        + [m for m in model.modules() if isinstance(m, ROIAlign)]
+    ]
+    with torch.no_grad(), precision.inference_precision(model, "bf16", "cpu"):
+        model([{"image": sample_image(128, 160, 1)}])
+    for h in handles:
+        h.remove()
+    assert len(casts) == len(set(casts)) > 0  # never the same map twice
+    assert set(casts) == set(calls) and len(calls) > len(casts)  # shared: more reads than casts
+    assert len(reads) == len(calls)
+    assert not model.__dict__["_gcnet_float32_copies"]._copies
