@@ -11,10 +11,12 @@ fp32 file as usual (``model.onnx``, checked against eager), then writes ``model_
   ``deploy/onnx_predictor.py`` prepares an image (its ``preprocess``, sized by the file's
   metadata), one image at a time so memory does not grow with the count;
 - only the ops of :data:`DEFAULT_OP_TYPES` (convolutions, the box heads' fully connected
-  layers; ``--quantize-ops`` changes it) are quantized; the convolutions that compute DCN
-  offsets stay fp32 (a rounding of an offset moves where every
-  tap samples), as do ``DeformConv``, ``RoiAlign``, ``NonMaxSuppression``, the box decoding
-  and every other op; the mask paste runs in the runtime, in fp32;
+  layers, the ReLUs after them, the GC blocks' attention pooling; ``--quantize-ops`` changes
+  it) are quantized; the convolutions that compute DCN offsets stay fp32 (a rounding of an
+  offset moves where every tap samples), as do the layers producing scores and box / mask
+  logits (as in bf16), element-wise arithmetic outside the backbone, ``DeformConv``,
+  ``RoiAlign``, ``NonMaxSuppression``, the box decoding and every other op; the mask paste
+  runs in the runtime, in fp32; a ``Shape`` reads the int8 tensor, not a dequantized copy;
 - metadata: the fp32 file's (so ``deploy/onnx_predictor.py`` runs it unchanged) plus
   ``gcnet_d2.precision`` = ``int8`` and how it was quantized and calibrated
   (``quantization.*``, ``calibration.*``).
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -56,12 +59,29 @@ __all__ = [
 ]
 
 ACTIVATION_TYPES = ("uint8", "int8")
-# The GC block's attention pooling (a MatMul with a softmax over H*W) stays fp32 by default:
-# per-tensor 8-bit steps flush most of a peaked softmax's small weights to zero (on the test
-# model, median box IoU to fp32 0.985 -> 0.782 with it quantized: `pytest -s -k matmul
-# tests/export/test_quantize.py`), and it is about a thousandth of a GC bottleneck's
-# multiply-adds. ``--quantize-ops Conv,MatMul,Gemm`` quantizes it too.
-DEFAULT_OP_TYPES = ("Conv", "Gemm")
+# ``Relu``: a convolution followed by a ReLU writes its int8 output on the ReLU's range at
+# once, instead of int8 on its own range, back to fp32 for the ReLU, then int8 again.
+# ``MatMul``: the GC blocks' attention pooling (features x softmax weights over H*W); an 8-bit
+# step of the weights' range rounds the smallest weights of a peaked attention to zero, but
+# on the quick start's model (200 held-out images) the AP drops to fp32 were box -0.20 /
+# mask -0.21 with it and 0.37 / -0.12 without, and it saves dequantizing every GC block's
+# input (0.53x -> 0.50x of ONNX Runtime fp32; docs/precision.md).
+# ``--quantize-ops Conv,Gemm,Relu`` keeps it fp32.
+DEFAULT_OP_TYPES = ("Conv", "Gemm", "Relu", "MatMul")
+#: Element-wise arithmetic (``--quantize-ops ...,Add``) is quantized only on the backbone's
+#: feature maps (residual, GC and FPN sums); elsewhere it computes anchors, box coordinates
+#: and scores, and inside the GC blocks' context transform (a LayerNorm on C x 1 x 1, which
+#: the exporter may write out as arithmetic) normalisation statistics.
+ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div"})
+FEATURE_SCOPE = "/backbone/"
+CONTEXT_TRANSFORM_SCOPES = ("/channel_add_conv/", "/channel_mul_conv/")
+#: The parameters (detectron2's names) of the layers that produce scores and box / mask
+#: logits; a cascade numbers its stages (``box_predictor.1``, ``mask_head.0``).
+OUTPUT_WEIGHTS = (
+    r"\.rpn_head\.(objectness_logits|anchor_deltas)\.weight$",
+    r"\.box_predictor(\.\d+)?\.\w+\.weight$",
+    r"\.mask_head(\.\d+)?\.predictor\.weight$",
+)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_NAME = "model_int8.onnx"
 CALIBRATION_METHOD = "MinMax"
@@ -155,6 +175,47 @@ def plan_from_args(args: argparse.Namespace) -> Int8Plan | None:
     )
 
 
+def output_layers(model: object) -> list[str]:
+    """Names of the ONNX ``model``'s nodes that apply the weights of the layers producing
+    scores and box / mask logits (:data:`OUTPUT_WEIGHTS`; read from the weight, as the
+    exporter does not always keep the module's name on the node). They stay fp32, as in bf16
+    (:mod:`gcnet_d2.precision`): an 8-bit step of a box delta moves the box."""
+    weights = re.compile("|".join(OUTPUT_WEIGHTS))
+    return [n.name for n in model.graph.node if len(n.input) > 1 and weights.search(n.input[1])]
+
+
+def fp32_arithmetic(model: object) -> list[str]:
+    """Names of the element-wise arithmetic nodes (:data:`ARITHMETIC`) of the ONNX ``model``
+    that stay fp32: outside the backbone (box decoding, anchors, scores) and in the GC blocks'
+    context transforms."""
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in ARITHMETIC
+        and (
+            FEATURE_SCOPE not in node.name
+            or any(scope in node.name for scope in CONTEXT_TRANSFORM_SCOPES)
+        )
+    ]
+
+
+def shapes_read_quantized(model: object) -> int:
+    """Point every ``Shape`` node of the ONNX ``model`` that reads a ``DequantizeLinear``'s
+    output at that node's int8 input instead (the same shape), in place; how many.
+
+    ONNX Runtime fuses a ``DequantizeLinear`` into the int8 op that consumes it, but a
+    ``Shape`` of the same tensor (the GC blocks' and heads' reshapes) keeps it alive: a full
+    pass over the feature map to read four numbers."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    count = 0
+    for node in model.graph.node:
+        producer = producers.get(node.input[0]) if node.op_type == "Shape" else None
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            node.input[0] = producer.input[0]
+            count += 1
+    return count
+
+
 def offset_convs(model: object) -> list[str]:
     """Names of the ``Conv`` nodes of the ONNX ``model`` whose output is a ``DeformConv``'s
     offset input (its third)."""
@@ -209,7 +270,8 @@ def quantize_detector(
     # Symbolic shape inference stops at the shapes NMS makes data-dependent ("Incomplete
     # symbolic shape inference"); ONNX's own shape inference and the optimiser still run.
     quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
-    excluded = offset_convs(onnx.load(prepared))
+    graph = onnx.load(prepared)
+    excluded = offset_convs(graph) + fp32_arithmetic(graph) + output_layers(graph)
     out = os.path.join(work_dir, OUTPUT_NAME)
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     quantize_static(
@@ -225,13 +287,13 @@ def quantize_detector(
         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD),
         extra_options={"CalibStridedMinMax": 1},
     )
-    if metadata:
-        proto = onnx.load(out)
-        present = {p.key: p for p in proto.metadata_props}
-        for key, value in metadata.items():
-            entry = present[key] if key in present else proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, out)
+    proto = onnx.load(out)
+    shapes_read_quantized(proto)
+    present = {p.key: p for p in proto.metadata_props}
+    for key, value in (metadata or {}).items():
+        entry = present[key] if key in present else proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, out)
     return out
 
 
@@ -247,7 +309,8 @@ def int8_metadata(plan: Int8Plan, count: int, fp32_meta: dict[str, str]) -> dict
         "quantization.activations": plan.activation_type,
         "quantization.op_types": ",".join(plan.op_types),
         "quantization.fp32": "every op not listed in quantization.op_types, DCN offset convs, "
-        "the mask paste (runtime)",
+        "the score / box / mask logit layers, arithmetic outside the backbone, the mask paste "
+        "(runtime)",
         "calibration.method": CALIBRATION_METHOD,
         "calibration.images": str(count),
         "calibration.source": os.path.basename(os.path.normpath(plan.calibration_dir)),

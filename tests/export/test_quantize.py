@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 from gcnet_d2.export.compare import pair_detections
+from gcnet_d2.export.quantize import OUTPUT_WEIGHTS
 from tests.testing import (
     REPO,
     export_cfg,
@@ -154,7 +156,7 @@ def exported(tmp_path_factory) -> Exported:
 
 
 @pytest.mark.slow
-def test_the_int8_file_quantizes_convs_and_fcs_and_keeps_the_rest_fp32(exported):
+def test_the_int8_file_quantizes_convs_fcs_and_relus_and_keeps_the_rest_fp32(exported):
     assert exported.status == 0, (exported.out, exported.err[-3000:])
     path = exported.folder / "out" / "model_int8.onnx"
     assert path.is_file() and (exported.folder / "out" / "model.onnx").is_file()
@@ -170,15 +172,30 @@ def test_the_int8_file_quantizes_convs_and_fcs_and_keeps_the_rest_fp32(exported)
     for node in model.graph.node:
         by_type.setdefault(node.op_type, []).append(node)
     offset_convs = {producers[n.input[2]].name for n in by_type["DeformConv"]}
+    # the layers producing scores and box / mask logits stay fp32 (as in bf16)
+    outputs = {n.name: n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm")
+               and any(re.search(w, n.input[1]) for w in OUTPUT_WEIGHTS)}  # fmt: skip
+    kinds = ("objectness_logits", "anchor_deltas", "box_predictor", "mask_head.0.predictor")
+    assert all(any(k in w for w in outputs.values()) for k in kinds), outputs
+    for name in outputs:
+        assert not fed_by_dequantize(next(n for n in model.graph.node if n.name == name), 1)
+    fp32_convs = offset_convs | set(outputs)
     for op in ("Conv", "Gemm"):
-        nodes = [n for n in by_type[op] if n.name not in offset_convs]
+        nodes = [n for n in by_type[op] if n.name not in fp32_convs]
         assert nodes, op
         # activation and weight each through QuantizeLinear -> DequantizeLinear
         quantized = [n for n in nodes if fed_by_dequantize(n, 0) and fed_by_dequantize(n, 1)]
         assert len(quantized) == len(nodes), (op, len(quantized), len(nodes))
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    assert not any(fed_by_dequantize(n, 0) for n in by_type["Relu"])  # see the ReLU test
+    # a Shape reads the int8 tensor, never a dequantized copy (which would cost a full pass)
+    assert by_type["Shape"] and not any(fed_by_dequantize(n, 0) for n in by_type["Shape"])
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in by_type["Conv"] + by_type["Gemm"]:
-        if node.name in offset_convs:
+        if node.name in fp32_convs:
             continue
         dequantize = producers[node.input[1]]  # int8 weight, one scale per output channel
         weight, scale = (initializers[name] for name in dequantize.input[:2])
@@ -187,10 +204,6 @@ def test_the_int8_file_quantizes_convs_and_fcs_and_keeps_the_rest_fp32(exported)
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         assert axis == (0 if node.op_type == "Conv" or trans_b else 1), node.name
     assert len(offset_convs) == len(by_type["DeformConv"]) > 0
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node.op_type)
     for op in ("DeformConv", "RoiAlign", "NonMaxSuppression"):
         assert by_type[op], op
         for node in by_type[op]:  # fp32: weights, offsets, boxes, scores not dequantized ...
@@ -198,8 +211,10 @@ def test_the_int8_file_quantizes_convs_and_fcs_and_keeps_the_rest_fp32(exported)
             assert not fed_by_dequantize(node, 0) or op != "NonMaxSuppression"
             for name in node.output:  # ... and no output quantized
                 assert "QuantizeLinear" not in consumers.get(name, []), (op, node.name)
-    # the GC blocks' attention pooling stays fp32 by default (see the next test)
-    assert by_type["MatMul"] and not any(fed_by_dequantize(n, 1) for n in by_type["MatMul"])
+    # the GC blocks' attention pooling (features x softmax weights) in int8 by default
+    assert by_type["MatMul"] and all(
+        fed_by_dequantize(n, 0) and fed_by_dequantize(n, 1) for n in by_type["MatMul"]
+    )
     for name in offset_convs:  # DCN offsets computed in fp32
         node = next(n for n in by_type["Conv"] if n.name == name)
         assert not fed_by_dequantize(node, 1), name
@@ -216,7 +231,7 @@ def test_the_int8_file_quantizes_convs_and_fcs_and_keeps_the_rest_fp32(exported)
     assert meta["quantization.format"] == "QDQ"
     assert meta["quantization.weights"] == "int8, per channel"
     assert meta["quantization.activations"] == "uint8"
-    assert meta["quantization.op_types"] == "Conv,Gemm"
+    assert meta["quantization.op_types"] == "Conv,Gemm,Relu,MatMul"
     assert meta["calibration.images"] == "3" and meta["calibration.source"] == "calib"
     assert meta["calibration.method"] == "MinMax"
 
@@ -275,31 +290,136 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_matmul_quantized_on_request(exported, tmp_path):
-    """``--quantize-ops Conv,MatMul,Gemm``: the GC blocks' attention pooling in int8 too. Also
+def test_attention_pooling_fp32_on_request(exported, tmp_path):
+    """``--quantize-ops Conv,Gemm,Relu``: the GC blocks' attention pooling stays fp32. Also
     prints (``pytest -s``) the box IoUs of the confident detections to fp32 on the
-    calibration images with and without it: the figures behind keeping it fp32 by default."""
+    calibration images with the default and with it fp32."""
     from gcnet_d2.export.quantize import quantize_detector
 
     runtime = _runtime()
     inputs = [runtime.preprocess(cv2.imread(p), "RGB", 128, 192) for p in exported.calibration]
     out = exported.folder / "out"
-    ops = ("Conv", "MatMul", "Gemm")
+    ops = ("Conv", "Gemm", "Relu")
     path = quantize_detector(str(out / "model.onnx"), inputs[:3], str(tmp_path), "uint8", ops)
     model = onnx.load(path)
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
-    assert matmuls and all(
-        producers.get(n.input[i]) == "DequantizeLinear" for n in matmuls for i in (0, 1)
-    )
+    assert matmuls and not any(producers.get(n.input[1]) == "DequantizeLinear" for n in matmuls)
     fp32 = runtime.ONNXPredictor(out / "model.onnx")
-    for name, file in (("Conv,Gemm", out / "model_int8.onnx"), (",".join(ops), path)):
+    for name, file in (("default", out / "model_int8.onnx"), (",".join(ops), path)):
         int8 = runtime.ONNXPredictor(file)
         ious = []
         for image in map(cv2.imread, exported.calibration):
             ious += confident_pairs(fp32(image), int8(image))[0]
         print(f"int8 {name} vs fp32, box IoU of confident detections: median "
               f"{np.median(ious):.3f}, min {min(ious):.3f}")  # fmt: skip
+
+
+class _ConvReluConv(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(image[None])))
+
+
+def test_a_relu_after_a_conv_is_quantized_once(tmp_path):
+    """The default op types quantize a conv + ReLU once, on the ReLU's range (ONNX Runtime runs
+    them as one int8 conv); without ``Relu`` the conv's output is quantized on its own range,
+    dequantized for the ReLU and quantized again."""
+    from gcnet_d2.export.quantize import DEFAULT_OP_TYPES, quantize_detector
+
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(_ConvReluConv(), (torch.rand(3, 16, 16),), str(path), input_names=["image"],
+                      opset_version=17, dynamo=False)  # fmt: skip
+    inputs = [np.random.default_rng(k).random((3, 16, 16), dtype=np.float32) for k in range(2)]
+    written = quantize_detector(str(path), inputs, str(tmp_path), "uint8", DEFAULT_OP_TYPES)
+    model = onnx.load(written)
+    assert not [n for n in model.graph.node if n.op_type == "Relu"]  # folded into the range
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    (between,) = [q for q in quantize if q.input[0] == convs[0].output[0]]
+    zero_point = onnx.numpy_helper.to_array(
+        next(i for i in model.graph.initializer if i.name == between.input[2])
+    )
+    assert zero_point == 0  # the ReLU's range [0, max]: no code spent on negatives
+
+
+def test_shapes_read_the_int8_tensor():
+    """:func:`shapes_read_quantized`: a ``Shape`` of a dequantized tensor reads the int8 one
+    (same shape), so the dequantization can be fused away; other readers are untouched."""
+    from onnx import helper
+
+    from gcnet_d2.export.quantize import shapes_read_quantized
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["x"], name="dq"),
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Relu", ["x"], ["y"], name="relu"),
+        helper.make_node("Shape", ["y"], ["shape_y"], name="shape_y"),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    model = helper.make_model(graph)
+    assert shapes_read_quantized(model) == 1
+    by_name = {n.name: n for n in model.graph.node}
+    assert list(by_name["shape"].input) == ["q"]
+    assert list(by_name["relu"].input) == ["x"] and list(by_name["shape_y"].input) == ["y"]
+
+
+def test_arithmetic_kept_fp32_outside_the_feature_maps():
+    """:func:`fp32_arithmetic` by node name: box / score arithmetic outside the backbone and
+    the GC context transform's (a LayerNorm written out as arithmetic below opset 17) stay
+    fp32; the backbone's sums of feature maps may be quantized."""
+    from onnx import helper
+
+    from gcnet_d2.export.quantize import fp32_arithmetic
+
+    names = {
+        "/adapter/backbone/bottom_up/res3/res3.0/Add": False,  # residual
+        "/adapter/backbone/bottom_up/res3/res3.0/context_block/Add": False,  # GC fusion
+        "/adapter/backbone/Add_1": False,  # FPN top-down
+        "/adapter/backbone/bottom_up/res3/res3.0/context_block/channel_add_conv/"
+        "channel_add_conv.1/Add_1": True,  # LayerNorm's bias
+        "/adapter/backbone/bottom_up/res4/res4.0/context_block/channel_mul_conv/"
+        "channel_mul_conv.1/Div": True,
+        "/adapter/proposal_generator/Add_3": True,  # box decoding
+        "/adapter/roi_heads/Mul_2": True,
+    }
+    nodes = [helper.make_node(n.rsplit("/", 1)[1].split("_")[0], ["a", "b"], [f"o{i}"], name=n)
+             for i, n in enumerate(names)]  # fmt: skip
+    nodes.append(helper.make_node("Relu", ["a"], ["r"], name="/adapter/roi_heads/Relu"))
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    assert set(fp32_arithmetic(model)) == {n for n, fp32 in names.items() if fp32}
+
+
+@pytest.mark.slow
+def test_sums_quantized_on_request_inside_the_backbone_only(exported, tmp_path):
+    """``--quantize-ops Conv,Gemm,Relu,Add``: the sums of feature maps (residual, GC, FPN) in
+    int8; every other Add (anchors, box decoding, scores) stays fp32."""
+    from gcnet_d2.export.quantize import quantize_detector
+
+    runtime = _runtime()
+    inputs = [runtime.preprocess(cv2.imread(p), "RGB", 128, 192) for p in exported.calibration]
+    ops = ("Conv", "Gemm", "Relu", "Add")
+    fp32 = exported.folder / "out" / "model.onnx"
+    model = onnx.load(quantize_detector(str(fp32), inputs[:2], str(tmp_path), "uint8", ops))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    backbone = [n for n in adds if "/backbone/" in n.name]
+    assert backbone and len(backbone) < len(adds)
+
+    def int8(node) -> bool:  # noqa: ANN001 - both inputs dequantized, the output quantized
+        ins = all(producers.get(node.input[i]) == "DequantizeLinear" for i in (0, 1))
+        return ins and "QuantizeLinear" in consumers.get(node.output[0], [])
+
+    assert all(int8(n) for n in backbone)
+    assert not any(int8(n) for n in adds if n not in backbone)
 
 
 def confident_pairs(fp32: dict, int8: dict) -> tuple[list[float], list[float]]:
