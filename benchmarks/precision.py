@@ -15,16 +15,20 @@ Parts (``--parts``, comma-separated; default ``attention,speed,train``):
   from flat to peaked (``conv_mask`` scaled 1x / 4x / 16x).
 - ``speed``: GC r16 Mask R-CNN R-50-FPN (``--config``), realistic random weights, with the
   speed-ups (``gcnet_d2.fast.apply``), one ``--size`` image: eager fp32 and eager bf16
-  (``TEST.PRECISION bf16``: :func:`gcnet_d2.precision.inference_precision`) alternately,
-  ``--threads`` threads, ``--pairs`` pairs in shuffled order; median ratio bf16 / fp32 with its
-  interquartile range and ~95% interval.
+  (``TEST.PRECISION bf16``: :func:`gcnet_d2.precision.inference_precision`), and both again
+  with ``FAST.CHANNELS_LAST`` off (NCHW maps), interleaved, ``--threads`` threads, ``--pairs``
+  rounds in shuffled order; median ratio of each to fp32 with its interquartile range and
+  ~95% interval.
 - ``train``: the same row's training step (two ``--train-size`` images with 6 boxes each,
   SGD): ``SimpleTrainer`` (fp32) against ``AutocastTrainer`` (bf16 autocast, the
   ``SOLVER.AMP.ENABLED`` trainer) alternately, each from the same weights every step.
 - ``accuracy``: ``--weights`` (default: the quick start's ``output/quickstart/model_final.pth``,
   written by ``bash scripts/quickstart.sh``) of ``--accuracy-config`` (the quick start's)
   evaluated by ``COCOEvaluator`` on its held-out images (``DATASETS.TEST``) with
-  ``TEST.PRECISION`` fp32 and bf16: box and mask AP of each and the drop.
+  ``TEST.PRECISION`` fp32 and bf16: box and mask AP of each and the drop. ``--val-images N``
+  evaluates on N held-out images of the same generator instead of the quick start's 12 (the
+  first 12 are those; none is a training image): with 12 images one changed detection moves
+  AP by about a point.
 
 ``--json FILE`` writes everything measured. Figures: docs/precision.md. ``--narrow`` (the
 tests' tiny widths) with small sizes is a smoke run (``tests/benchmarks``), not a figure.
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -134,19 +139,22 @@ def speed_model(args: argparse.Namespace) -> torch.nn.Module:
 
 def part_speed(args: argparse.Namespace) -> dict:
     model = speed_model(args)
+    options = fast.FastOptions.from_config(row_cfg(args))
+    nchw = fast.apply(copy.deepcopy(model), dataclasses.replace(options, channels_last=False))
     inputs = [{"image": sample_image(*args.size, seed=1)}]
 
-    def fp32() -> object:
-        with torch.no_grad():
-            return model(inputs)
+    def run(net: torch.nn.Module, value: str):  # noqa: ANN202
+        def call() -> object:
+            with torch.no_grad(), precision.inference_precision(net, value, "cpu"):
+                return net(inputs)
 
-    def bf16() -> object:
-        with torch.no_grad(), precision.inference_precision(model, "bf16", "cpu"):
-            return model(inputs)
+        return call
 
-    counts = {"fp32": len(fp32()[0]["instances"]), "bf16": len(bf16()[0]["instances"])}
+    sides = {"fp32": run(model, "fp32"), "bf16": run(model, "bf16"),
+             "fp32 NCHW": run(nchw, "fp32"), "bf16 NCHW": run(nchw, "bf16")}  # fmt: skip
+    counts = {name: len(call()[0]["instances"]) for name, call in sides.items()}
     res = Timer(torch.device("cpu"), seed=0).compare(
-        {"fp32": fp32, "bf16": bf16}, base="fp32", rounds=args.pairs, min_sample_s=0.0
+        sides, base="fp32", rounds=args.pairs, min_sample_s=0.0
     )
     out = {
         "config": args.config,
@@ -156,6 +164,11 @@ def part_speed(args: argparse.Namespace) -> dict:
         "fp32_median_s": res["fp32"].median,
         "bf16_median_s": res["bf16"].median,
         **ratio_summary(res["bf16"].ratios),
+        # FAST.CHANNELS_LAST off: the same speed-ups on NCHW maps, both precisions
+        "nchw": {
+            name: {"median_s": res[name].median, **ratio_summary(res[name].ratios)}
+            for name in ("fp32 NCHW", "bf16 NCHW")
+        },
     }
     print(
         f"speed {args.config} {args.size[0]}x{args.size[1]}, {out['threads']} threads: eager fp32 "
@@ -163,6 +176,11 @@ def part_speed(args: argparse.Namespace) -> dict:
         f"{out['ratio']:.3f} (IQR {out['ratio_p25']:.3f}-{out['ratio_p75']:.3f}, "
         f"~95% {out['ratio_ci95'][0]:.3f}-{out['ratio_ci95'][1]:.3f}, {args.pairs} pairs)"
     )
+    for name, row in out["nchw"].items():
+        print(
+            f"  CHANNELS_LAST off: {name} {row['median_s']:.3f} s, / fp32 {row['ratio']:.3f} "
+            f"(IQR {row['ratio_p25']:.3f}-{row['ratio_p75']:.3f})"
+        )
     return out
 
 
@@ -215,6 +233,18 @@ def part_train(args: argparse.Namespace) -> dict:
     return out
 
 
+def heldout_dataset(count: int) -> str:
+    """The name of a registered synthetic split of ``count`` held-out images, generated as the
+    quick start's (same seed and size, so its first 12 are the quick start's) in
+    ``$DETECTRON2_DATASETS/gcnet_synthetic_val<count>``."""
+    from gcnet_d2.data.synthetic import default_synthetic_root, register_synthetic_datasets
+
+    root = f"{default_synthetic_root()}_val{count}"
+    names = (f"gcnet_synthetic_val{count}_train", f"gcnet_synthetic_val{count}")
+    register_synthetic_datasets(root, names, num_val=count)
+    return names[1]
+
+
 def part_accuracy(args: argparse.Namespace) -> dict:
     from detectron2.utils.logger import setup_logger
 
@@ -228,10 +258,14 @@ def part_accuracy(args: argparse.Namespace) -> dict:
         )
     setup_logger(name="gcnet_d2")
     out: dict = {"config": args.accuracy_config, "weights": args.weights}
+    held_out = []
+    if args.val_images:
+        held_out = ["DATASETS.TEST", f"('{heldout_dataset(args.val_images)}',)"]
+        out["val_images"] = args.val_images
     for value in ("fp32", "bf16"):
         cfg = gcnet_d2.get_config(args.accuracy_config)
         cfg.merge_from_list(["MODEL.WEIGHTS", args.weights, "TEST.PRECISION", value])
-        cfg.merge_from_list(["OUTPUT_DIR", str(Path(args.output_dir) / value)])
+        cfg.merge_from_list(["OUTPUT_DIR", str(Path(args.output_dir) / value), *held_out])
         cfg.merge_from_list(list(args.opts))
         if not torch.cuda.is_available():
             cfg.MODEL.DEVICE = "cpu"
@@ -278,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-pairs", type=int, default=5)
     p.add_argument("--weights", default="output/quickstart/model_final.pth")
     p.add_argument("--accuracy-config", default=QUICKSTART_NAME)
+    p.add_argument("--val-images", type=int, default=0,
+                   help="accuracy: N held-out images instead of the quick start's 12")  # fmt: skip
     p.add_argument("--output-dir", default="output/precision_accuracy")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="accuracy part: config overrides")

@@ -24,6 +24,9 @@ def test_precision_benchmark_smoke(tmp_path):
     for part in ("speed", "train"):
         assert math.isfinite(report[part]["ratio"]) and report[part]["ratio"] > 0
     assert all(math.isfinite(v) for v in report["train"]["first_loss"].values())
+    nchw = report["speed"]["nchw"]  # FAST.CHANNELS_LAST off, both precisions
+    assert set(nchw) == {"fp32 NCHW", "bf16 NCHW"}
+    assert all(math.isfinite(row["ratio"]) and row["ratio"] > 0 for row in nchw.values())
     assert "bf16 / fp32" in proc.stdout
 
 
