@@ -69,9 +69,9 @@ def add_gcnet_config(cfg: CN) -> CN:
     # COMPILE: "" (eager) or a torch.compile backend name ("inductor", "aot_eager", ...) for
     # the backbone; check its output on your device first (benchmarks/compile_check.py).
     cfg.FAST.COMPILE = ""
-    # CHANNELS_LAST: convolution weights in channels-last memory order, so oneDNN convolves
-    # CPU maps without reordering them (its bfloat16 / AMX kernels need that order); values
-    # and state dicts unchanged (gcnet_d2.fast.channels_last).
+    # CHANNELS_LAST: convolution weights on the CPU in channels-last memory order, so oneDNN
+    # convolves CPU maps without reordering them (its bfloat16 / AMX kernels need that
+    # order); values and state dicts unchanged (gcnet_d2.fast.channels_last).
     cfg.FAST.CHANNELS_LAST = True
     renamed = cfg.__dict__[CN.RENAMED_KEYS]  # merge_from_file / merge_from_list refuse these
     for old, new in MOVED_KEYS.items():

@@ -28,10 +28,12 @@ __all__ = ["disable_channels_last", "enable_channels_last", "is_channels_last"]
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
-def _set_format(model: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+def _set_format(
+    model: nn.Module, memory_format: torch.memory_format, cpu_only: bool = False
+) -> nn.Module:
     for module in model.modules():
         weight = getattr(module, "weight", None) if isinstance(module, _CONVS) else None
-        if weight is not None and weight.dim() == 4:
+        if weight is not None and weight.dim() == 4 and (weight.is_cpu or not cpu_only):
             # not .contiguous(memory_format): a 1 x 1 kernel counts as contiguous in both
             # orders and would keep its strides, which are what PyTorch reads
             data = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device,
@@ -41,8 +43,9 @@ def _set_format(model: nn.Module, memory_format: torch.memory_format) -> nn.Modu
 
 
 def enable_channels_last(model: nn.Module) -> nn.Module:
-    """Every 2-D convolution weight of ``model`` channels-last, in place; returns ``model``."""
-    return _set_format(model, torch.channels_last)
+    """Every 2-D convolution weight of ``model`` on the CPU channels-last, in place; returns
+    ``model``. Weights on a GPU keep their order: the reason is measured on the CPU only."""
+    return _set_format(model, torch.channels_last, cpu_only=True)
 
 
 def disable_channels_last(model: nn.Module) -> nn.Module:

@@ -69,6 +69,14 @@ def test_is_channels_last_reads_strides_of_one_by_one_kernels():
     assert not is_channels_last(torch.randn(8, 4)) and not is_channels_last(torch.randn(2, 3, 4))
 
 
+def test_only_cpu_weights_change_order():
+    """The measured reason is the CPU's: weights elsewhere (here the meta device, as a GPU's
+    would) keep their order."""
+    conv = torch.nn.Conv2d(4, 8, 3, device="meta")
+    assert not is_channels_last(enable_channels_last(conv).weight)
+    assert is_channels_last(enable_channels_last(torch.nn.Conv2d(4, 8, 3)).weight)
+
+
 def test_every_convolution_runs_channels_last_and_detections_agree(plain, image):
     """On: every conv weight channels-last, every conv output of the detector channels-last
     (the first one reorders the image); off: none. Same detections up to float rounding."""
