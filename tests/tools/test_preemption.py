@@ -22,7 +22,6 @@ import os
 import random
 import re
 import signal
-import stat
 import time
 from pathlib import Path
 
@@ -37,31 +36,13 @@ from tests.tools.cluster_runs import (
     assert_same_weights,
     child_env,
     last_line,
+    scontrol_calls,
     srun_env,
+    stand_in_scontrol,
     train_argv,
 )
 
 JOB_ID = "4242"  # srun_env's SLURM_JOB_ID
-
-
-def stand_in_scontrol(folder: Path, fail: bool = False) -> dict[str, str]:
-    """A ``scontrol`` first on PATH that appends its arguments to ``folder/scontrol.log`` (and
-    fails as SLURM does for a job submitted without ``--requeue`` when ``fail``)."""
-    bin_dir = folder / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "scontrol"
-    failing = 'echo "scontrol: error: Requeue of JobId=$2 not permitted" >&2\nexit 1\n'
-    script.write_text(f'#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n{failing if fail else ""}')
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "SCONTROL_LOG": str(folder / "scontrol.log"),
-    }
-
-
-def requeues(folder: Path) -> list[str]:
-    log = folder / "scontrol.log"
-    return log.read_text().splitlines() if log.exists() else []
 
 
 def wait_for(path: Path, procs: list, children: Children, timeout: float = 240) -> None:
@@ -80,7 +61,7 @@ def test_requeue_runs_scontrol_and_reports_its_error(tmp_path: Path, monkeypatch
         for key, value in stand_in_scontrol(folder, fail).items():
             monkeypatch.setenv(key, value)
         error = signals.requeue(JOB_ID)
-        assert requeues(folder) == [f"requeue {JOB_ID}"]
+        assert scontrol_calls(folder) == [f"requeue {JOB_ID}"]
         if fail:
             assert error == "scontrol: error: Requeue of JobId=4242 not permitted (exit status 1)"
         else:
@@ -98,7 +79,6 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
     stop = at + 1  # ... and every rank stops at the next boundary
     print(f"seed {seed}: SIGUSR1 after iteration {at}")
     out, ready, go = tmp_path / "out", tmp_path / "ready", tmp_path / "go"
-    scontrol = stand_in_scontrol(tmp_path)
     port = free_port()
     probe = {"GCNET_TEST_SIGNAL_AT": str(at), "GCNET_TEST_READY": str(ready),
              "GCNET_TEST_GO": str(go)}  # fmt: skip
@@ -106,7 +86,7 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
         children.start(
             f"task{task}",
             [PYTHON, *train_argv(HOOKED, out)],
-            srun_env(task, port, synth, **probe, **scontrol),
+            srun_env(task, port, tmp_path, synth, **probe),
         )
         for task in (0, 1)
     ]
@@ -121,7 +101,7 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
     assert codes == [0, 0], [children.tail(p) for p in procs]
 
     checkpoint = out / f"model_{stop:07d}.pth"
-    assert requeues(tmp_path) == [f"requeue {JOB_ID}"]
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]
     assert (out / "last_checkpoint").read_text() == checkpoint.name
     assert not (out / "model_final.pth").exists()
     state = load_checkpoint_file(str(checkpoint))
@@ -144,7 +124,7 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
         children.start(
             f"requeued{task}",
             [PYTHON, *train_argv(HOOKED, out)],
-            srun_env(task, port, synth, SLURM_RESTART_COUNT="1", **scontrol),
+            srun_env(task, port, tmp_path, synth, SLURM_RESTART_COUNT="1"),
         )
         for task in (0, 1)
     ]
@@ -153,7 +133,7 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
     assert "SLURM restart 1 (SLURM_RESTART_COUNT=1): resuming" in children.output(resumed[0], "out")
     log = (out / "log.txt").read_text().rsplit("Command line arguments", 1)[1]
     assert f"Starting training from iteration {stop + 1}" in log
-    assert requeues(tmp_path) == [f"requeue {JOB_ID}"]  # once
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]  # once
     assert_same_weights(reference, out / "model_final.pth")
 
 
@@ -178,7 +158,7 @@ def test_sigterm_during_evaluation_stops_at_the_next_iteration_without_requeue(
     os.kill(proc.pid, signal.SIGTERM)
     assert children.wait(proc, 120) == signals.EXIT_STOPPED, children.tail(proc)
 
-    assert requeues(tmp_path) == []
+    assert scontrol_calls(tmp_path) == []
     log = (out / "log.txt").read_text()
     assert "Evaluation results for gcnet_synthetic_val in csv format" in log  # it completed
     checkpoint = out / "model_0000002.pth"
