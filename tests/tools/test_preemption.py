@@ -13,7 +13,10 @@ On one host with gloo, the tiny quick-start model, 4 iterations, one image per p
 - SIGTERM during an evaluation under SLURM: the evaluation completes, the run stops at the next
   iteration with a complete checkpoint, exits 143 and does not requeue;
 - a second signal ends the process at once, and a checkpoint write it interrupts leaves the
-  last complete checkpoint named by ``last_checkpoint``.
+  last complete checkpoint named by ``last_checkpoint``;
+- ``lazy_train_net.py`` in a SLURM job (one process, the table row's LazyConfig at 96 px):
+  SIGUSR1 after iteration 0 checkpoints, requeues once and exits 0; the requeued start ends
+  with an uninterrupted run's weights, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pytest
 
 from gcnet_d2.checkpoint import load_checkpoint_file
 from gcnet_d2.cluster import signals
-from tests.testing import HOOKED, PYTHON, free_port, run_python
+from tests.testing import HOOKED, LAZY_ROW, LAZY_TINY_OPTS, PYTHON, REPO, free_port, run_python
 from tests.tools.cluster_runs import (
     MAX_ITER,
     Children,
@@ -217,3 +220,57 @@ def test_a_second_signal_ends_the_process_at_once_leaving_the_last_complete_chec
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert load_checkpoint_file(str(tmp_path / "model_0000001.pth"))["model"]
     assert not (tmp_path / "model_0000002.pth").exists()
+
+
+LAZY_PROBE = r"""
+import os, signal, sys, time
+from collections import OrderedDict
+sys.path.insert(0, REPO_PATH)
+import lazy_train_net
+from gcnet_d2.cluster import ClusterHook, signals
+
+
+class SignalAfter(ClusterHook):  # SIGUSR1 to itself after iteration $GCNET_TEST_SIGNAL_AT
+    def after_step(self):
+        at = os.environ.get("GCNET_TEST_SIGNAL_AT")
+        if at and self.trainer.iter == int(at) and os.environ.get("SLURM_RESTART_COUNT") is None:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            while not signals.received():
+                time.sleep(0.01)
+        super().after_step()
+
+
+lazy_train_net.ClusterHook = SignalAfter
+lazy_train_net.do_test = lambda cfg, model: OrderedDict()  # 40 s here, and not what is tested
+lazy_train_net.cli(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_lazy_train_net_sigusr1_requeue_then_resumes_exactly(
+    tmp_path: Path, children: Children, synth: str
+):
+    probe = tmp_path / "lazy_probe.py"
+    probe.write_text(LAZY_PROBE.replace("REPO_PATH", repr(str(REPO))))
+    opts = [*LAZY_TINY_OPTS, "train.max_iter=3", "train.seed=7"]
+
+    def start(name: str, out: Path, **env: str):  # noqa: ANN202
+        argv = [PYTHON, str(probe), "--config-file", LAZY_ROW, *opts, f"train.output_dir={out}"]
+        return children.start(name, argv, child_env(synth, **env))
+
+    ref, out = tmp_path / "reference", tmp_path / "out"
+    slurm = {"SLURM_JOB_ID": JOB_ID, **stand_in_scontrol(tmp_path)}
+    procs = [start("reference", ref), start("stopped", out, GCNET_TEST_SIGNAL_AT="0", **slurm)]
+    assert [children.wait(p, 300) for p in procs] == [0, 0], [children.tail(p) for p in procs]
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]
+    assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert last_line(children.output(procs[1])).startswith(
+        "lazy_probe.py (rank 0): stopped by SIGUSR1 after iteration 0; checkpoint: "
+    )
+
+    requeued = start("requeued", out, SLURM_RESTART_COUNT="1", **slurm)
+    assert children.wait(requeued, 300) == 0, children.tail(requeued)
+    log = (out / "log.txt").read_text().rsplit("Command line arguments", 1)[1]
+    assert "Starting training from iteration 1" in log
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]  # once
+    assert_same_weights(ref / "model_final.pth", out / "model_final.pth")
