@@ -93,7 +93,8 @@ def _listed(word: str, items: list) -> str:
 
 def _job_store() -> dist.TCPStore | None:
     """The TCP store under the default process group (None with ``file://`` init)."""
-    store = dist.distributed_c10d._get_default_store()  # no public accessor in torch
+    # No public accessor in torch; without this private one nothing is watched.
+    store = getattr(dist.distributed_c10d, "_get_default_store", lambda: None)()
     while isinstance(store, dist.PrefixStore):
         store = store.underlying_store
     return store if isinstance(store, dist.TCPStore) else None
@@ -196,7 +197,8 @@ class PeerWatch:
         second), so that they name the same rank rather than the store host once it is gone."""
         with contextlib.suppress(Exception):
             self._call("set", "verdict", json.dumps(verdict))
-            time.sleep(VERDICT_READ_S)
+            if set(range(1, self.world_size)) - set(verdict.ranks) - self._finished:
+                time.sleep(VERDICT_READ_S)  # someone is left to read it
 
     def message(self, verdict: Verdict) -> str:
         machines = sorted({r // max(1, comm.get_local_size()) for r in verdict.ranks})
