@@ -12,7 +12,8 @@ Started by torchrun or inside an ``srun`` step, each process joins the launcher'
 instead of spawning; a lost peer stops the others with one line; ``--resume`` may always be
 passed and a restarted job resumes by itself; ``--checkpoint-minutes M`` adds time-based
 checkpoints; SIGUSR1 / SIGTERM stop at a checkpoint (SLURM: SIGUSR1 requeues the job)
-(:mod:`gcnet_d2.cluster`, docs/clusters.md).
+(:mod:`gcnet_d2.cluster`, docs/clusters.md). Checkpoints hold the data position and the RNG
+states (:mod:`gcnet_d2.checkpoint.training_state`), so a resumed run continues exactly.
 
 Trailing ``key=value`` arguments override the config. Without CUDA the model runs on the CPU
 (``train.device`` becomes ``cpu``). Checkpoints load through :class:`GCNetCheckpointer`, so
@@ -31,10 +32,12 @@ import logging
 import sys
 from collections import OrderedDict
 from dataclasses import asdict
+from typing import Any
 
 import detectron2.utils.comm as comm
 import torch
 from detectron2.config import LazyConfig, instantiate
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import (
     SimpleTrainer,
     default_argument_parser,
@@ -49,9 +52,9 @@ from torch import nn
 import gcnet_d2  # noqa: F401  (registers the backbones and the synthetic datasets)
 from gcnet_d2 import fast, precision
 from gcnet_d2.amp import AutocastTrainer
-from gcnet_d2.checkpoint import GCNetCheckpointer
+from gcnet_d2.checkpoint import GCNetCheckpointer, training_state
 from gcnet_d2.cluster import ClusterHook, add_cluster_arguments, run
-from gcnet_d2.data import ensure_synthetic_generated
+from gcnet_d2.data import ensure_synthetic_generated, loaders
 from gcnet_d2.engine import create_ddp_model, write_results
 from gcnet_d2.errors import ConfigError, LaunchError
 
@@ -137,6 +140,41 @@ def eval_precision(cfg: DictConfig) -> str:
     return precision.resolve_precision(value, cfg.train.device, key)
 
 
+def build_train_loader(cfg: DictConfig) -> Any:
+    """``dataloader.train``; detectron2's loader gets a resumable sampler and a generator of its
+    own (:func:`gcnet_d2.data.loaders.resumable_train_loader`), so that checkpoints hold the
+    data position."""
+    if cfg.dataloader.train._target_ is not build_detection_train_loader:
+        logger.warning("dataloader.train is not build_detection_train_loader: a resumed run "
+                       "restarts its data stream")  # fmt: skip
+        return instantiate(cfg.dataloader.train)
+    kwargs = {k: instantiate(v) for k, v in cfg.dataloader.train.items() if k != "_target_"}
+    return loaders.resumable_train_loader(cfg.train.seed, **kwargs)
+
+
+def resumable_trainer(cfg: DictConfig, trainer_class: type, *args: Any) -> SimpleTrainer:
+    """``trainer_class(*args)`` whose checkpoints also hold the data position and the RNG states
+    (:mod:`gcnet_d2.checkpoint.training_state`, as ``GCNetTrainer``'s), so ``--resume``
+    continues the run it resumes."""
+
+    class ResumableTrainer(trainer_class):
+        def state_dict(self) -> dict:
+            sampler = getattr(self.data_loader, "resumable_sampler", None)
+            return training_state.add_resume_state(self, super().state_dict(), sampler)
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            super().load_state_dict(state_dict)
+            training_state.restore_training_state(
+                state_dict.get("gcnet_resume"),
+                getattr(self.data_loader, "resumable_sampler", None),
+                iterations_done=self.iter + 1,
+                images_per_process=cfg.dataloader.train.total_batch_size // comm.get_world_size(),
+                seed=cfg.train.seed,
+            )
+
+    return ResumableTrainer(*args)
+
+
 def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict:
     """COCO-evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``, in
     ``train.eval_precision``."""
@@ -159,15 +197,16 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> OrderedDict:
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = build_train_loader(cfg)
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer_class = AutocastTrainer if cfg.train.amp.enabled else SimpleTrainer
-    trainer = trainer_class(model, train_loader, optimizer)
+    trainer = resumable_trainer(cfg, trainer_class, model, train_loader, optimizer)
     checkpointer = GCNetCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last_eval: dict = {}
 
     def evaluate() -> OrderedDict:
-        last_eval["results"] = do_test(cfg, model)
+        with training_state.rng_kept():  # a periodic evaluation must not move the RNGs
+            last_eval["results"] = do_test(cfg, model)
         return last_eval["results"]
 
     trainer.register_hooks(

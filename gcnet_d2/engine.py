@@ -125,13 +125,8 @@ class GCNetTrainer(DefaultTrainer):
 
     # Resume state beyond detectron2's (data position, RNGs): see checkpoint.training_state.
     def state_dict(self) -> dict:
-        ret = super().state_dict()
         sampler = getattr(self._trainer.data_loader, "resumable_sampler", None)
-        ret["gcnet_resume"] = training_state.capture_training_state(sampler)
-        gathered = getattr(self, "rank_rng_states", None)
-        if gathered is not None and gathered["iteration"] == self.iter:
-            ret["gcnet_resume"]["rng_per_rank"] = gathered["states"]
-        return ret
+        return training_state.add_resume_state(self, super().state_dict(), sampler)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
@@ -147,12 +142,8 @@ class GCNetTrainer(DefaultTrainer):
     def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None):  # noqa: ANN001, ANN206
         # Evaluation leaves the RNGs as it found them (its data loader draws a seed), so a
         # periodic evaluation after a checkpoint does not make a resumed run diverge.
-        rng = training_state.capture_rng_state()
-        try:
-            with _evaluation_precision(cfg, model):
-                return super().test(cfg, model, evaluators)
-        finally:
-            training_state.restore_rng_state(rng)
+        with training_state.rng_kept(), _evaluation_precision(cfg, model):
+            return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(

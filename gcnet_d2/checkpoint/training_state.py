@@ -2,8 +2,9 @@
 
 Detectron2 resumes the model, optimizer, LR schedule and iteration count, but restarts the
 training data stream from its first image and re-seeds the random generators, so a resumed run
-sees other images, flips and ROI samples than the run it continues. ``GCNetTrainer`` adds to
-its checkpoint state (all of it tensors, ints and lists, readable with ``weights_only=True``):
+sees other images, flips and ROI samples than the run it continues. ``GCNetTrainer`` and
+``lazy_train_net.py``'s trainer add to their checkpoint state (:func:`add_resume_state`; all
+of it tensors, ints and lists, readable with ``weights_only=True``):
 
 - the sampler's shuffling seed, and on resume the sampler skips the
   ``iterations done x images per process`` indices already consumed
@@ -24,8 +25,10 @@ half-filled group.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,10 +37,12 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 __all__ = [
+    "add_resume_state",
     "capture_rng_state",
     "capture_training_state",
     "restore_rng_state",
     "restore_training_state",
+    "rng_kept",
 ]
 
 
@@ -100,6 +105,29 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+
+
+@contextlib.contextmanager
+def rng_kept() -> Iterator[None]:
+    """The RNGs as they were when the block started, whatever it draws (an evaluation whose
+    data loader draws a seed must not make a resumed run diverge)."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
+
+
+def add_resume_state(trainer: Any, state: dict, sampler: _SeededSampler | None) -> dict:
+    """``state`` (a detectron2 trainer's ``state_dict()``) with what a resume needs beyond it,
+    under ``gcnet_resume``: this process's RNGs and the sampler's seed, and every process's
+    RNGs when :class:`gcnet_d2.cluster.ClusterHook` gathered them at this iteration
+    (``trainer.rank_rng_states``)."""
+    state["gcnet_resume"] = capture_training_state(sampler)
+    gathered = getattr(trainer, "rank_rng_states", None)
+    if gathered is not None and gathered["iteration"] == trainer.iter:
+        state["gcnet_resume"]["rng_per_rank"] = gathered["states"]
+    return state
 
 
 def capture_training_state(sampler: _SeededSampler | None) -> dict[str, Any]:

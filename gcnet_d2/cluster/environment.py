@@ -1,70 +1,33 @@
-"""Which launcher started this process (torchrun or an ``srun`` step), read from the environment.
-
-:func:`detect_launcher` returns the process's :class:`LauncherEnv` or None when neither started
-it; SLURM nodelists are expanded here, without ``scontrol``. :func:`restarted` says whether the
-launcher restarted the job. Nothing here decides anything (:mod:`.resume` does).
-"""
+"""Which launcher started this process (torchrun or an ``srun`` step), read from the environment
+(docs/clusters.md lists the variables); nothing here decides anything."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 
-from ..errors import LaunchError
+from ..errors import LaunchError, one_line
 
-__all__ = ["LauncherEnv", "detect_launcher", "expand_nodelist", "restarted", "slurm_default_port"]
-
-_HOST = r"(?:[^\[\],]|\[[^\[\]]*\])+"  # a host pattern: text and bracketed ranges, no comma
+__all__ = ["LauncherEnv", "detect_launcher", "launcher_kind", "restarted", "scontrol"]
 
 
-def _range_list(body: str, pattern: str) -> list[str]:
-    """``01-03,07`` -> ``['01', '02', '03', '07']`` (zero padding kept as written)."""
-    values = []
-    for item in body.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", item)
-        if not m or (m[2] and int(m[2]) < int(m[1])):
-            raise ValueError(f"bad range {item!r} in {pattern!r}")
-        values += [str(n).zfill(len(m[1])) for n in range(int(m[1]), int(m[2] or m[1]) + 1)]
-    return values
-
-
-def expand_nodelist(nodelist: str) -> list[str]:
-    """The host names of a SLURM hostlist, in order, as ``scontrol show hostnames`` lists them.
-
-    ``"node[01-03,07]"`` -> node01, node02, node03, node07; ``"a[1-2]-b[3-4]"`` -> a1-b3,
-    a1-b4, a2-b3, a2-b4; ``"login1,gpu[9-10]"`` -> login1, gpu9, gpu10. Raises ``ValueError``
-    for a malformed list.
-    """
-    if not nodelist.strip():
-        raise ValueError(f"empty hostlist {nodelist!r}")
-    if not re.fullmatch(rf"{_HOST}(?:,{_HOST})*", nodelist.strip()):
-        raise ValueError(f"unbalanced or misplaced brackets in hostlist {nodelist!r}")
-    hosts: list[str] = []
-    for pattern in re.findall(_HOST, nodelist.strip()):
-        expanded = [""]
-        for literal, body in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", pattern):
-            choices = _range_list(body, pattern) if body else [""]
-            expanded = [head + literal + c for head in expanded for c in choices]
-        hosts.extend(expanded)
-    return hosts
-
-
-def _tasks_per_node(text: str) -> list[int]:
-    """``"8(x2),4"`` -> ``[8, 8, 4]`` (SLURM's ``*_TASKS_PER_NODE`` format)."""
-    counts = []
-    for item in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
-        if not m:
-            raise ValueError(f"bad tasks-per-node value {text!r}")
-        counts += [int(m[1])] * int(m[2] or 1)
-    return counts
+def scontrol(*args: str) -> tuple[str, str | None]:
+    """``scontrol ARGS``: (its output, None), or ("", its error in one line)."""
+    try:
+        done = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "", one_line(e)
+    if done.returncode == 0:
+        return done.stdout, None
+    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    return "", f"{said[-1] if said else ''} (exit status {done.returncode})".strip()
 
 
 def slurm_default_port(job_id: str | int | None) -> int:
-    """The rendezvous port of a SLURM job without ``MASTER_PORT``: the same on every task,
-    different for jobs whose ids differ by less than 20000, in 20000..39999."""
+    """A SLURM job's port without ``MASTER_PORT``: the same on every task, 20000..39999."""
     try:
         return 20000 + int(job_id) % 20000
     except (TypeError, ValueError):
@@ -110,79 +73,71 @@ def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> i
 
 
 def _torchrun_env(environ: Mapping[str, str]) -> LauncherEnv:
-    world_size = _int(environ, "WORLD_SIZE")
-    if world_size > 1:
-        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(v)]
-        if missing:
-            raise LaunchError(
-                f"RANK, WORLD_SIZE and LOCAL_RANK are set but {' and '.join(missing)} not: "
-                "start the job with torchrun (or set them)"
-            )
-        if not environ.get("LOCAL_WORLD_SIZE"):
-            raise LaunchError("LOCAL_WORLD_SIZE is not set: start the job with torchrun")
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE") if not environ.get(v)]
+    if missing and _int(environ, "WORLD_SIZE") > 1:
+        raise LaunchError(
+            f"RANK, WORLD_SIZE and LOCAL_RANK are set but {' and '.join(missing)} not: "
+            "start the job with torchrun (or set them)"
+        )
+    ranks = [_int(environ, v) for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK")]
+    local_size, port = _int(environ, "LOCAL_WORLD_SIZE", 1), _int(environ, "MASTER_PORT", 29500)
     return LauncherEnv(
-        "torchrun",
-        rank=_int(environ, "RANK"),
-        world_size=world_size,
-        local_rank=_int(environ, "LOCAL_RANK"),
-        local_world_size=_int(environ, "LOCAL_WORLD_SIZE", 1),
-        master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=_int(environ, "MASTER_PORT", 29500),
+        "torchrun", *ranks, local_size, environ.get("MASTER_ADDR", "127.0.0.1"), port
     )
 
 
 def _slurm_env(environ: Mapping[str, str]) -> LauncherEnv:
     world_size = _int(environ, "SLURM_STEP_NUM_TASKS")
-    nodelist = next(
-        (environ[v] for v in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
-         if environ.get(v)),
-        "",
-    )  # fmt: skip
-    per_node_text = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get(
-        "SLURM_TASKS_PER_NODE", ""
-    )
-    try:
-        hosts = expand_nodelist(nodelist) if nodelist else []
-        per_node = _tasks_per_node(per_node_text) if per_node_text else []
-    except ValueError as e:
-        raise LaunchError(f"SLURM's environment: {e}") from None
+    text = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE", "")
+    per_node: list[int] = []  # "8(x2),4" -> [8, 8, 4]
+    for item in text.split(",") if text else ():
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
+        if not m:
+            raise LaunchError(f"SLURM's environment: bad tasks-per-node value {text!r}")
+        per_node += [int(m[1])] * int(m[2] or 1)
     if not per_node:
-        num_nodes = _int(environ, "SLURM_STEP_NUM_NODES", max(1, len(hosts)))
+        num_nodes = _int(environ, "SLURM_STEP_NUM_NODES", 1)
         per_node = [world_size // num_nodes] * num_nodes
     if len(set(per_node)) != 1 or sum(per_node) != world_size:
         raise LaunchError(
-            f"SLURM started {per_node_text or per_node} tasks per node ({world_size} in all): "
-            "detectron2 needs the same number of processes on every machine; use "
-            "--ntasks-per-node"
+            f"SLURM started {text or per_node} tasks per node ({world_size} in all): detectron2 "
+            "needs the same number of processes on every machine; use --ntasks-per-node"
         )
-    master_addr = environ.get("MASTER_ADDR") or (hosts[0] if hosts else "")
-    if not master_addr:
-        raise LaunchError("SLURM_STEP_NODELIST / SLURM_JOB_NODELIST are not set: no master host")
-    return LauncherEnv(
-        "slurm",
-        rank=_int(environ, "SLURM_PROCID"),
-        world_size=world_size,
-        local_rank=_int(environ, "SLURM_LOCALID"),
-        local_world_size=per_node[0],
-        master_addr=master_addr,
-        master_port=_int(environ, "MASTER_PORT", slurm_default_port(environ.get("SLURM_JOB_ID"))),
-    )
+    master_addr = environ.get("MASTER_ADDR", "")
+    if not master_addr:  # the first host of the step, as SLURM itself expands the list
+        nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "")
+        if not nodelist:
+            raise LaunchError("SLURM_STEP_NODELIST / SLURM_JOB_NODELIST are not set: no master")
+        hosts, error = scontrol("show", "hostnames", nodelist)
+        if error or not hosts.split():
+            raise LaunchError(
+                f"SLURM's environment: scontrol show hostnames {nodelist} gave no host "
+                f"({error or 'empty output'}); set MASTER_ADDR"
+            )
+        master_addr = hosts.split()[0]
+    port = _int(environ, "MASTER_PORT", slurm_default_port(environ.get("SLURM_JOB_ID")))
+    rank, local_rank = _int(environ, "SLURM_PROCID"), _int(environ, "SLURM_LOCALID")
+    return LauncherEnv("slurm", rank, world_size, local_rank, per_node[0], master_addr, port)
 
 
-def detect_launcher(environ: Mapping[str, str] | None = None) -> LauncherEnv | None:
-    """torchrun's or SLURM's description of this process, or None (detectron2 spawns).
-
-    torchrun wins when both are present (torchrun started inside an ``srun`` step);
-    ``GCNET_LAUNCHER=spawn`` ignores both.
-    """
+def launcher_kind(environ: Mapping[str, str] | None = None) -> str | None:
+    """ "torchrun", "slurm" (an ``srun`` step) or None (detectron2 spawns). torchrun wins when
+    both are present (torchrun inside an ``srun`` step); ``GCNET_LAUNCHER=spawn`` ignores both."""
     environ = os.environ if environ is None else environ
     if environ.get("GCNET_LAUNCHER", "").strip().lower() == "spawn":
         return None
     if all(environ.get(v) for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
-        return _torchrun_env(environ)
+        return "torchrun"
     if all(environ.get(v) for v in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS")):
-        return _slurm_env(environ)
+        return "slurm"
     return None
+
+
+def detect_launcher(environ: Mapping[str, str] | None = None) -> LauncherEnv | None:
+    """torchrun's or SLURM's description of this process, or None (see :func:`launcher_kind`)."""
+    environ = os.environ if environ is None else environ
+    kind = launcher_kind(environ)
+    return None if kind is None else (_torchrun_env if kind == "torchrun" else _slurm_env)(environ)
 
 
 def restarted(environ: Mapping[str, str] | None = None) -> str | None:

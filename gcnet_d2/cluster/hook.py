@@ -1,19 +1,11 @@
 """``ClusterHook``: the one trainer hook of the cluster code, run in every process.
 
-At each iteration boundary it
-- records the iteration for the lost-peer report (:data:`.peers.progress`);
-- agrees with the other ranks, in one small all-reduce, whether a stop signal came
-  (:mod:`.signals`) and whether ``--checkpoint-minutes`` have passed;
-- at every checkpoint (each ``period``-th iteration, the last, a timed one, a stop) gathers
-  every rank's RNG state into ``trainer.rank_rng_states``, which ``GCNetTrainer.state_dict``
-  puts in the main process's checkpoint;
-- on a stop: rank 0 writes ``model_<iteration>.pth`` (atomic: temp file + rename, then
-  ``last_checkpoint``), all ranks wait for it, under SLURM a SIGUSR1 requeues the job
-  (``scontrol requeue``, from rank 0), each rank logs one line, and training ends with
-  :class:`.signals.TrainingStopped` (exit 0 under SLURM after SIGUSR1, else 143).
-
-It sits before ``PeriodicCheckpointer`` and ``EvalHook``: a stop skips the evaluation of that
-iteration; a signal during an evaluation stops at the next boundary.
+At each iteration boundary the ranks agree, in one small all-reduce, whether a stop signal
+came (:mod:`.signals`) or ``--checkpoint-minutes`` have passed; at every checkpoint every
+rank's RNG state is gathered into ``trainer.rank_rng_states`` (for the main process's
+checkpoint); a stop writes ``model_<iteration>.pth``, requeues a SLURM job on SIGUSR1 (rank 0),
+logs one line per rank and ends training with :class:`.signals.TrainingStopped`. It sits
+before ``PeriodicCheckpointer`` and ``EvalHook`` (docs/clusters.md).
 """
 
 from __future__ import annotations
@@ -32,8 +24,7 @@ from detectron2.utils import comm
 
 from ..checkpoint.training_state import capture_rng_state
 from . import peers, signals
-from .environment import detect_launcher
-from .launch import continue_command
+from .resume import continue_command
 
 __all__ = ["ClusterHook"]
 
@@ -43,22 +34,10 @@ logger = logging.getLogger(__name__)
 class ClusterHook(HookBase):
     """See the module docstring. ``checkpointer`` is the main process's (None elsewhere)."""
 
-    def __init__(
-        self,
-        checkpointer: Any,
-        period: int,
-        output_dir: str,
-        minutes: float = 0.0,
-        file_prefix: str = "model",
-    ) -> None:
-        self.checkpointer = checkpointer
-        self.period = int(period)
-        self.output_dir = output_dir
-        self.minutes = float(minutes or 0.0)
-        self.file_prefix = file_prefix
-        self._last = time.monotonic()
-        self._group = None
-        self._stopped = False
+    def __init__(self, checkpointer: Any, period: int, output_dir: str, minutes: float = 0.0):
+        self.checkpointer, self.period, self.output_dir = checkpointer, int(period), output_dir
+        self.minutes, self._last = float(minutes or 0.0), time.monotonic()
+        self._group, self._stopped = None, False
 
     def before_train(self) -> None:
         signals.install("note")
@@ -98,7 +77,7 @@ class ClusterHook(HookBase):
         if comm.get_world_size() > 1:
             states = comm.all_gather(capture_rng_state())
             self.trainer.rank_rng_states = {"iteration": it, "states": states}
-        name = f"{self.file_prefix}_{it:07d}"
+        name = f"model_{it:07d}"
         if (stop or (due and not periodic)) and self.checkpointer is not None:
             if due and not stop:
                 logger.info("%g minutes since the last checkpoint", self.minutes)
@@ -127,8 +106,7 @@ class ClusterHook(HookBase):
             who = f"SLURM job {job} requeued" if rank == 0 else f"rank 0 requeues SLURM job {job}"
             line += f"{who}: it resumes by itself from iteration {it + 1}"
         else:
-            num_machines = comm.get_world_size() // max(1, comm.get_local_size())
-            line += f"to continue: {continue_command(detect_launcher(), num_machines)}"
+            line += f"to continue: {continue_command()}"
         logger.warning(line)
         print(line, file=sys.stderr, flush=True)
         raise signals.TrainingStopped(0 if sig == signal.SIGUSR1 and job else signals.EXIT_STOPPED)

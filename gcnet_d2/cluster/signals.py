@@ -1,11 +1,8 @@
 """SIGUSR1 / SIGTERM: a handler that only notes the signal, and SLURM's self-requeue.
 
-Python runs a signal handler in the main thread between bytecodes, so the handler here only
-records which signal came; :class:`~.hook.ClusterHook` reads it at the next iteration boundary,
-where every rank agrees to stop (so no rank is left inside a collective). A second signal
-ends the process at once by the signal's default action; the same signal again within
-:data:`DUPLICATE_S` is the same event reaching the process twice (SLURM signals every process
-of a step, and a spawning launcher forwards what it gets).
+:class:`~.hook.ClusterHook` reads the note at the next iteration boundary, where every rank
+agrees to stop; a second signal ends the process at once (the same one within
+:data:`DUPLICATE_S` is the same event reaching the process twice). docs/clusters.md.
 """
 
 from __future__ import annotations
@@ -14,26 +11,16 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import subprocess
 import threading
 import time
 from types import FrameType
 
-from ..errors import one_line
+from .environment import scontrol
 
-__all__ = [
-    "DUPLICATE_S",
-    "EXIT_STOPPED",
-    "STOP_SIGNALS",
-    "TrainingStopped",
-    "install",
-    "received",
-    "requeue",
-]
+__all__ = ["EXIT_STOPPED", "TrainingStopped", "install", "received", "requeue"]
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-#: Exit status of a run stopped by a signal without a requeue (128 + SIGTERM, as shells report).
-EXIT_STOPPED = 143
+EXIT_STOPPED = 143  # a run stopped by a signal without a requeue (128 + SIGTERM, as in shells)
 DUPLICATE_S = 2.0
 
 
@@ -83,13 +70,4 @@ def received() -> int:
 
 def requeue(job_id: str) -> str | None:
     """``scontrol requeue JOB_ID``: None when it worked, else its error in one line."""
-    try:
-        done = subprocess.run(
-            ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return one_line(e)
-    if done.returncode == 0:
-        return None
-    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
-    return f"{said[-1] if said else ''} (exit status {done.returncode})".strip()
+    return scontrol("requeue", job_id)[1]

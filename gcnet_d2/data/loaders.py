@@ -30,7 +30,7 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.data.detection_utils import SizeMismatchError
-from detectron2.data.samplers import InferenceSampler
+from detectron2.data.samplers import InferenceSampler, TrainingSampler
 from detectron2.utils import comm
 from PIL import Image
 
@@ -39,7 +39,7 @@ from .filtering import DATASET_FILTERS, filter_like_mmdet
 from .samplers import ResumableSampler
 from .validation import SKIP_HINT, check_records, load_dataset_dicts
 
-__all__ = ["RobustMapper", "build_test_loader", "build_train_loader"]
+__all__ = ["RobustMapper", "build_test_loader", "build_train_loader", "resumable_train_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +163,21 @@ def build_train_loader(cfg: CfgNode, mapper: Callable[[dict], Any] | None = None
     # detectron2's own choice of sampler etc. (DATALOADER.SAMPLER_TRAIN), through the public
     # from_config of its configurable loader builder.
     kwargs = build_detection_train_loader.from_config(cfg, mapper=robust, dataset=dicts)
-    sampler = ResumableSampler(kwargs.pop("sampler"))
-    base = cfg.SEED if cfg.SEED >= 0 else int(np.random.randint(2**31))
+    return resumable_train_loader(cfg.SEED, **kwargs)
+
+
+def resumable_train_loader(seed: int, **kwargs: Any) -> Any:
+    """detectron2's ``build_detection_train_loader(**kwargs)`` with its sampler (``sampler``,
+    or detectron2's default ``TrainingSampler``) wrapped in a
+    :class:`~gcnet_d2.data.samplers.ResumableSampler`, reachable as ``loader.resumable_sampler``.
+    The loader has its own generator, seeded from ``seed`` (random when negative) and the rank,
+    so building or iterating it does not draw from torch's global RNG (which a resumed run
+    restores from the checkpoint)."""
+    sampler = kwargs.pop("sampler", None)
+    sampler = ResumableSampler(
+        TrainingSampler(len(kwargs["dataset"])) if sampler is None else sampler
+    )
+    base = seed if seed >= 0 else int(np.random.randint(2**31))
     loader = build_detection_train_loader(
         sampler=sampler, seed=(base + comm.get_rank()) % 2**31, **kwargs
     )

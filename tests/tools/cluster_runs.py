@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -108,15 +109,52 @@ def assert_same_weights(reference: Path, got: Path) -> None:
     assert not differing, f"{len(differing)} of {len(ref)} tensors differ, e.g. {differing[:3]}"
 
 
-def srun_env(task: int, port: int, synth: str | None = None, **extra: str) -> dict[str, str]:
+STAND_IN_SCONTROL = r"""#!/bin/sh
+echo "$@" >> "$SCONTROL_LOG"
+if [ "$1 $2" = "show hostnames" ]; then
+  [ -n "$SCONTROL_HOSTNAMES" ] || { echo "scontrol: error: Invalid hostlist: $3" >&2; exit 1; }
+  printf '%s\n' $SCONTROL_HOSTNAMES
+  exit 0
+fi
+"""
+REQUEUE_REFUSED = 'echo "scontrol: error: Requeue of JobId=$2 not permitted" >&2\nexit 1\n'
+
+
+def stand_in_scontrol(folder: Path, fail: bool = False) -> dict[str, str]:
+    """The variables that put a stand-in ``scontrol`` first on PATH. It appends its arguments
+    to ``folder/scontrol.log``; ``show hostnames`` prints ``$SCONTROL_HOSTNAMES`` (fails, as
+    scontrol does for a bad list, when that is unset); ``requeue`` fails as SLURM does for a
+    job submitted without ``--requeue`` when ``fail``."""
+    script = folder / "bin" / "scontrol"
+    if not script.exists():
+        script.parent.mkdir(parents=True)
+        script.write_text(STAND_IN_SCONTROL + (REQUEUE_REFUSED if fail else ""))
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return {
+        "PATH": f"{script.parent}{os.pathsep}{os.environ['PATH']}",
+        "SCONTROL_LOG": str(folder / "scontrol.log"),
+    }
+
+
+def scontrol_calls(folder: Path, command: str = "requeue") -> list[str]:
+    """The stand-in scontrol's recorded calls of ``command`` (``requeue``, ``show``)."""
+    log = folder / "scontrol.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [line for line in lines if line.split()[0] == command]
+
+
+def srun_env(
+    task: int, port: int, folder: Path, synth: str | None = None, **extra: str
+) -> dict[str, str]:
     """An ``srun`` step's variables for task ``task`` of 2, one task per node; the first host
-    of the nodelist (this one) is the master."""
+    of the nodelist (this one, as the stand-in ``scontrol`` in ``folder`` expands it) is the
+    master."""
     return child_env(
         synth,
         SLURM_PROCID=str(task), SLURM_LOCALID="0", SLURM_NODEID=str(task), SLURM_NTASKS="2",
         SLURM_STEP_NUM_TASKS="2", SLURM_STEP_TASKS_PER_NODE="1(x2)",
         SLURM_STEP_NODELIST="localhost,gpu[02]", SLURM_JOB_ID="4242", MASTER_PORT=str(port),
-        **extra,
+        SCONTROL_HOSTNAMES="localhost gpu02", **stand_in_scontrol(folder), **extra,
     )  # fmt: skip
 
 

@@ -37,12 +37,12 @@ import torch
 from gcnet_d2.cluster.environment import (
     LauncherEnv,
     detect_launcher,
-    expand_nodelist,
     restarted,
     slurm_default_port,
 )
-from gcnet_d2.cluster.launch import _with_resume, launch
+from gcnet_d2.cluster.launch import launch
 from gcnet_d2.cluster.peers import EXIT_PEER_STOPPED, is_communication_error
+from gcnet_d2.cluster.resume import _with_resume
 from gcnet_d2.errors import LaunchError
 from tests.testing import LAZY_ROW, LAZY_TINY_OPTS, PYTHON, REPO, free_port
 from tests.tools.cluster_runs import (
@@ -52,37 +52,16 @@ from tests.tools.cluster_runs import (
     assert_same_weights,
     child_env,
     last_line,
+    scontrol_calls,
     srun_env,
+    stand_in_scontrol,
     train_argv,
     weights,
 )
 
-
 # --------------------------------------------------------------------------------------------
-# unit tests: hostlists, launcher environments, the continue command
+# unit tests: launcher environments, the continue command
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("nodelist", "hosts"),
-    [
-        ("node07", ["node07"]),
-        ("node[01-03,07]", ["node01", "node02", "node03", "node07"]),
-        ("gpu[9-11]", ["gpu9", "gpu10", "gpu11"]),
-        ("gpu[098-101]", ["gpu098", "gpu099", "gpu100", "gpu101"]),
-        ("login1,gpu[1-2],cpu-a", ["login1", "gpu1", "gpu2", "cpu-a"]),
-        ("rack[1-2]-n[3,5]", ["rack1-n3", "rack1-n5", "rack2-n3", "rack2-n5"]),
-        ("a[1-2],b[01-02].ib", ["a1", "a2", "b01.ib", "b02.ib"]),
-    ],
-)
-def test_expand_nodelist(nodelist: str, hosts: list[str]):
-    assert expand_nodelist(nodelist) == hosts
-
-
-@pytest.mark.parametrize("bad", ["node[01-03", "node01-03]", "node[3-1]", "node[a-b]", ""])
-def test_expand_nodelist_refuses_malformed_lists(bad: str):
-    with pytest.raises(ValueError):
-        expand_nodelist(bad)
-
-
 TORCHRUN_ENV = {
     "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8",
     "MASTER_ADDR": "node01", "MASTER_PORT": "29400",
@@ -95,18 +74,29 @@ SRUN_ENV = {
 }  # fmt: skip
 
 
-def test_detect_torchrun_and_slurm():
+@pytest.fixture
+def scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in ``scontrol`` on PATH, expanding any list to gpu07 gpu08."""
+    for key, value in stand_in_scontrol(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SCONTROL_HOSTNAMES", "gpu07 gpu08")
+    return tmp_path
+
+
+def test_detect_torchrun_and_slurm(scontrol: Path):
     assert detect_launcher({}) is None
     expected = LauncherEnv("torchrun", 9, 16, 1, 8, "node01", 29400)
     assert detect_launcher(TORCHRUN_ENV) == expected
     assert (expected.machine_rank, expected.num_machines) == (1, 2)
 
-    slurm = detect_launcher(SRUN_ENV)
+    slurm = detect_launcher(SRUN_ENV)  # the master: the first host scontrol lists
     assert slurm == LauncherEnv("slurm", 9, 16, 1, 8, "gpu07", slurm_default_port("123456"))
+    assert scontrol_calls(scontrol, "show") == ["show hostnames gpu[07-08]"]
     assert slurm_default_port("123456") == slurm_default_port(123456) == 20000 + 123456 % 20000
     assert detect_launcher({**SRUN_ENV, "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}) == (
         LauncherEnv("slurm", 9, 16, 1, 8, "10.0.0.1", 1234)
     )
+    assert len(scontrol_calls(scontrol, "show")) == 1  # MASTER_ADDR given: no scontrol
     # torchrun inside an srun step: torchrun's variables describe the worker
     assert detect_launcher({**SRUN_ENV, **TORCHRUN_ENV}).launcher == "torchrun"
     # the batch script itself (SLURM_PROCID=0 and SLURM_NTASKS, but not an srun step)
@@ -120,12 +110,17 @@ def test_detect_torchrun_and_slurm():
     [
         ({**SRUN_ENV, "SLURM_STEP_TASKS_PER_NODE": "8,4", "SLURM_STEP_NUM_TASKS": "12"},
          "same number of processes on every machine"),
-        ({**SRUN_ENV, "SLURM_STEP_NODELIST": "gpu[07-"}, "unbalanced"),
+        ({**SRUN_ENV, "SLURM_STEP_NODELIST": "gpu[07-"},
+         "scontrol show hostnames gpu[07- gave no host (scontrol: error: Invalid hostlist: "
+         "gpu[07- (exit status 1)); set MASTER_ADDR"),
         ({**TORCHRUN_ENV, "RANK": "x"}, "RANK='x' is not an integer"),
         ({k: v for k, v in TORCHRUN_ENV.items() if k != "MASTER_PORT"}, "MASTER_PORT not"),
     ],
 )  # fmt: skip
-def test_unusable_launcher_environments_are_named(env: dict[str, str], message: str):
+def test_unusable_launcher_environments_are_named(
+    env: dict[str, str], message: str, scontrol: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("SCONTROL_HOSTNAMES")  # the stand-in refuses the list, as scontrol does
     with pytest.raises(LaunchError, match=re.escape(message)):
         detect_launcher(env)
 
@@ -311,7 +306,7 @@ def test_comm_helpers_under_torchrun_and_srun(tmp_path: Path, children: Children
         port, procs = free_port(), []
         for task in (0, 1):
             argv = [PYTHON, probe, "comm", str(out), gpus, "1", "0", "auto", "30"]
-            procs.append(children.start(f"srun{gpus}_{task}", argv, srun_env(task, port)))
+            procs.append(children.start(f"srun{gpus}_{task}", argv, srun_env(task, port, out)))
         for proc in procs:
             assert children.wait(proc, 120) == 0, children.tail(proc)
         records = read_records(out)
@@ -320,6 +315,7 @@ def test_comm_helpers_under_torchrun_and_srun(tmp_path: Path, children: Children
         assert {r["world"] for r in records} == {world}
         assert [r["local_group"] for r in records] == layout
         assert [r["local_rank"] for r in records] == [g.index(i) for i, g in enumerate(layout)]
+        assert scontrol_calls(out, "show") == ["show hostnames localhost,gpu[02]"] * 2
 
 
 @pytest.mark.slow
@@ -335,7 +331,7 @@ def test_heartbeats_find_a_peer_lost_outside_collectives(
         children.start(
             f"task{task}",
             [PYTHON, probe, f"kill{victim}", str(tmp_path), *SRUN_PROBE, str(peer_timeout)],
-            srun_env(task, port),
+            srun_env(task, port, tmp_path),
         )
         for task in (0, 1)
     ]
@@ -374,7 +370,7 @@ def test_a_process_that_finishes_first_is_not_lost(tmp_path: Path, children: Chi
         out.mkdir()
         for task in (0, 1):
             argv = [PYTHON, probe, f"late{late}", str(out), *SRUN_PROBE, "2"]
-            procs.append(children.start(f"late{late}_task{task}", argv, srun_env(task, port)))
+            procs.append(children.start(f"late{late}_task{task}", argv, srun_env(task, port, out)))
     for proc in procs:
         assert children.wait(proc, 90) == 0, children.tail(proc)
         assert "error" not in last_line(children.output(proc))

@@ -13,7 +13,10 @@ On one host with gloo, the tiny quick-start model, 4 iterations, one image per p
 - SIGTERM during an evaluation under SLURM: the evaluation completes, the run stops at the next
   iteration with a complete checkpoint, exits 143 and does not requeue;
 - a second signal ends the process at once, and a checkpoint write it interrupts leaves the
-  last complete checkpoint named by ``last_checkpoint``.
+  last complete checkpoint named by ``last_checkpoint``;
+- ``lazy_train_net.py`` in a SLURM job (one process, the table row's LazyConfig at 96 px):
+  SIGUSR1 after iteration 0 checkpoints, requeues once and exits 0; the requeued start ends
+  with an uninterrupted run's weights, bit for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import os
 import random
 import re
 import signal
-import stat
 import time
 from pathlib import Path
 
@@ -30,38 +32,20 @@ import pytest
 
 from gcnet_d2.checkpoint import load_checkpoint_file
 from gcnet_d2.cluster import signals
-from tests.testing import HOOKED, PYTHON, free_port, run_python
+from tests.testing import HOOKED, LAZY_ROW, LAZY_TINY_OPTS, PYTHON, REPO, free_port, run_python
 from tests.tools.cluster_runs import (
     MAX_ITER,
     Children,
     assert_same_weights,
     child_env,
     last_line,
+    scontrol_calls,
     srun_env,
+    stand_in_scontrol,
     train_argv,
 )
 
 JOB_ID = "4242"  # srun_env's SLURM_JOB_ID
-
-
-def stand_in_scontrol(folder: Path, fail: bool = False) -> dict[str, str]:
-    """A ``scontrol`` first on PATH that appends its arguments to ``folder/scontrol.log`` (and
-    fails as SLURM does for a job submitted without ``--requeue`` when ``fail``)."""
-    bin_dir = folder / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "scontrol"
-    failing = 'echo "scontrol: error: Requeue of JobId=$2 not permitted" >&2\nexit 1\n'
-    script.write_text(f'#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n{failing if fail else ""}')
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "SCONTROL_LOG": str(folder / "scontrol.log"),
-    }
-
-
-def requeues(folder: Path) -> list[str]:
-    log = folder / "scontrol.log"
-    return log.read_text().splitlines() if log.exists() else []
 
 
 def wait_for(path: Path, procs: list, children: Children, timeout: float = 240) -> None:
@@ -80,7 +64,7 @@ def test_requeue_runs_scontrol_and_reports_its_error(tmp_path: Path, monkeypatch
         for key, value in stand_in_scontrol(folder, fail).items():
             monkeypatch.setenv(key, value)
         error = signals.requeue(JOB_ID)
-        assert requeues(folder) == [f"requeue {JOB_ID}"]
+        assert scontrol_calls(folder) == [f"requeue {JOB_ID}"]
         if fail:
             assert error == "scontrol: error: Requeue of JobId=4242 not permitted (exit status 1)"
         else:
@@ -98,7 +82,6 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
     stop = at + 1  # ... and every rank stops at the next boundary
     print(f"seed {seed}: SIGUSR1 after iteration {at}")
     out, ready, go = tmp_path / "out", tmp_path / "ready", tmp_path / "go"
-    scontrol = stand_in_scontrol(tmp_path)
     port = free_port()
     probe = {"GCNET_TEST_SIGNAL_AT": str(at), "GCNET_TEST_READY": str(ready),
              "GCNET_TEST_GO": str(go)}  # fmt: skip
@@ -106,7 +89,7 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
         children.start(
             f"task{task}",
             [PYTHON, *train_argv(HOOKED, out)],
-            srun_env(task, port, synth, **probe, **scontrol),
+            srun_env(task, port, tmp_path, synth, **probe),
         )
         for task in (0, 1)
     ]
@@ -121,7 +104,7 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
     assert codes == [0, 0], [children.tail(p) for p in procs]
 
     checkpoint = out / f"model_{stop:07d}.pth"
-    assert requeues(tmp_path) == [f"requeue {JOB_ID}"]
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]
     assert (out / "last_checkpoint").read_text() == checkpoint.name
     assert not (out / "model_final.pth").exists()
     state = load_checkpoint_file(str(checkpoint))
@@ -144,7 +127,7 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
         children.start(
             f"requeued{task}",
             [PYTHON, *train_argv(HOOKED, out)],
-            srun_env(task, port, synth, SLURM_RESTART_COUNT="1", **scontrol),
+            srun_env(task, port, tmp_path, synth, SLURM_RESTART_COUNT="1"),
         )
         for task in (0, 1)
     ]
@@ -153,7 +136,7 @@ def test_sigusr1_checkpoints_requeues_once_and_the_requeued_job_resumes_exactly(
     assert "SLURM restart 1 (SLURM_RESTART_COUNT=1): resuming" in children.output(resumed[0], "out")
     log = (out / "log.txt").read_text().rsplit("Command line arguments", 1)[1]
     assert f"Starting training from iteration {stop + 1}" in log
-    assert requeues(tmp_path) == [f"requeue {JOB_ID}"]  # once
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]  # once
     assert_same_weights(reference, out / "model_final.pth")
 
 
@@ -178,7 +161,7 @@ def test_sigterm_during_evaluation_stops_at_the_next_iteration_without_requeue(
     os.kill(proc.pid, signal.SIGTERM)
     assert children.wait(proc, 120) == signals.EXIT_STOPPED, children.tail(proc)
 
-    assert requeues(tmp_path) == []
+    assert scontrol_calls(tmp_path) == []
     log = (out / "log.txt").read_text()
     assert "Evaluation results for gcnet_synthetic_val in csv format" in log  # it completed
     checkpoint = out / "model_0000002.pth"
@@ -237,3 +220,57 @@ def test_a_second_signal_ends_the_process_at_once_leaving_the_last_complete_chec
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert load_checkpoint_file(str(tmp_path / "model_0000001.pth"))["model"]
     assert not (tmp_path / "model_0000002.pth").exists()
+
+
+LAZY_PROBE = r"""
+import os, signal, sys, time
+from collections import OrderedDict
+sys.path.insert(0, REPO_PATH)
+import lazy_train_net
+from gcnet_d2.cluster import ClusterHook, signals
+
+
+class SignalAfter(ClusterHook):  # SIGUSR1 to itself after iteration $GCNET_TEST_SIGNAL_AT
+    def after_step(self):
+        at = os.environ.get("GCNET_TEST_SIGNAL_AT")
+        if at and self.trainer.iter == int(at) and os.environ.get("SLURM_RESTART_COUNT") is None:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            while not signals.received():
+                time.sleep(0.01)
+        super().after_step()
+
+
+lazy_train_net.ClusterHook = SignalAfter
+lazy_train_net.do_test = lambda cfg, model: OrderedDict()  # 40 s here, and not what is tested
+lazy_train_net.cli(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_lazy_train_net_sigusr1_requeue_then_resumes_exactly(
+    tmp_path: Path, children: Children, synth: str
+):
+    probe = tmp_path / "lazy_probe.py"
+    probe.write_text(LAZY_PROBE.replace("REPO_PATH", repr(str(REPO))))
+    opts = [*LAZY_TINY_OPTS, "train.max_iter=3", "train.seed=7"]
+
+    def start(name: str, out: Path, **env: str):  # noqa: ANN202
+        argv = [PYTHON, str(probe), "--config-file", LAZY_ROW, *opts, f"train.output_dir={out}"]
+        return children.start(name, argv, child_env(synth, **env))
+
+    ref, out = tmp_path / "reference", tmp_path / "out"
+    slurm = {"SLURM_JOB_ID": JOB_ID, **stand_in_scontrol(tmp_path)}
+    procs = [start("reference", ref), start("stopped", out, GCNET_TEST_SIGNAL_AT="0", **slurm)]
+    assert [children.wait(p, 300) for p in procs] == [0, 0], [children.tail(p) for p in procs]
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]
+    assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert last_line(children.output(procs[1])).startswith(
+        "lazy_probe.py (rank 0): stopped by SIGUSR1 after iteration 0; checkpoint: "
+    )
+
+    requeued = start("requeued", out, SLURM_RESTART_COUNT="1", **slurm)
+    assert children.wait(requeued, 300) == 0, children.tail(requeued)
+    log = (out / "log.txt").read_text().rsplit("Command line arguments", 1)[1]
+    assert "Starting training from iteration 1" in log
+    assert scontrol_calls(tmp_path) == [f"requeue {JOB_ID}"]  # once
+    assert_same_weights(ref / "model_final.pth", out / "model_final.pth")
