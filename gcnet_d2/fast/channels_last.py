@@ -7,8 +7,8 @@ convolution's weight is channels-last, PyTorch hands oneDNN channels-last data a
 channels-last map, which the next convolution, the ReLUs, sums and upsampling keep: the first
 convolution reorders the image once and the reorders are gone. Measured on GC r16 Mask R-CNN
 R-50-FPN at 800 x 1216, 2 threads, Intel Xeon with AMX (``benchmarks/precision.py --parts
-speed``): bf16 inference 1.50 s with NCHW maps, 1.01 s channels-last (0.60x -> 0.40x of
-fp32); fp32 2.62 s NCHW, 2.51 s channels-last (docs/precision.md).
+speed``, one run): bf16 inference 1.50 s with NCHW maps, 1.16 s channels-last (0.605x ->
+0.462x of fp32); fp32 1.087x with NCHW maps (docs/precision.md).
 
 Only memory order changes: every value, shape, name and state-dict entry is as before (a
 state dict loads into the channels-last parameters by copying); oneDNN may pick another
@@ -28,16 +28,24 @@ __all__ = ["disable_channels_last", "enable_channels_last", "is_channels_last"]
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
+def _strides(shape: torch.Size, memory_format: torch.memory_format) -> tuple[int, ...]:
+    """The strides of a dense tensor of ``shape`` in ``memory_format``. Compared stride by
+    stride, not with ``is_contiguous(memory_format)``: a 1 x 1 kernel or map counts as
+    contiguous in both orders, but PyTorch picks the convolution's order from the strides."""
+    return torch.empty(shape, device="meta", memory_format=memory_format).stride()
+
+
 def _set_format(
     model: nn.Module, memory_format: torch.memory_format, cpu_only: bool = False
 ) -> nn.Module:
     for module in model.modules():
         weight = getattr(module, "weight", None) if isinstance(module, _CONVS) else None
-        if weight is not None and weight.dim() == 4 and (weight.is_cpu or not cpu_only):
-            # not .contiguous(memory_format): a 1 x 1 kernel counts as contiguous in both
-            # orders and would keep its strides, which are what PyTorch reads
-            data = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device,
-                               memory_format=memory_format)  # fmt: skip
+        if weight is None or weight.dim() != 4 or (cpu_only and not weight.is_cpu):
+            continue
+        strides = _strides(weight.shape, memory_format)
+        if weight.stride() != strides:  # applying twice copies nothing
+            data = torch.empty_strided(weight.shape, strides, dtype=weight.dtype,
+                                       device=weight.device)  # fmt: skip
             weight.data = data.copy_(weight.data)
     return model
 
@@ -56,7 +64,4 @@ def disable_channels_last(model: nn.Module) -> nn.Module:
 def is_channels_last(tensor: torch.Tensor) -> bool:
     """Whether a 4-D ``tensor`` has channels-last strides (compared stride by stride: for a
     1 x 1 kernel or map, ``is_contiguous`` holds in both orders)."""
-    if tensor.dim() != 4:
-        return False
-    canonical = torch.empty(tensor.shape, device="meta", memory_format=torch.channels_last)
-    return tensor.stride() == canonical.stride()
+    return tensor.dim() == 4 and tensor.stride() == _strides(tensor.shape, torch.channels_last)

@@ -66,6 +66,9 @@ def test_is_channels_last_reads_strides_of_one_by_one_kernels():
     assert not is_channels_last(w)
     converted = enable_channels_last(torch.nn.Conv2d(4, 8, 1)).weight
     assert is_channels_last(converted) and converted.stride() == (4, 1, 4, 4)
+    conv = enable_channels_last(torch.nn.Conv2d(4, 8, 3))
+    storage = conv.weight.data_ptr()
+    assert enable_channels_last(conv).weight.data_ptr() == storage  # twice: nothing copied
     assert not is_channels_last(torch.randn(8, 4)) and not is_channels_last(torch.randn(2, 3, 4))
 
 
